@@ -1,0 +1,157 @@
+"""Run one stage: papermill executes its notebook with its params, the run is tracked, outputs are promoted.
+
+Everything a run writes lands first in `reports/.staging/NN_name/`; only a successful run replaces the stage's
+executed notebook, artifacts, metrics file and PDF, so a failure leaves the last good outputs in place.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+
+from . import lineage as lineage_mod
+from .errors import StagebookError
+from .iorw import atomic_write_text, replace_tree
+from .params import load_params, params_hash, parse_overrides
+from .project import Stage, find_root, resolve_stage
+from .stage import RUN_DIR_VAR, STAGE_VAR
+
+
+class StageFailed(StagebookError):
+    "The notebook (or its report) failed; the message names the stage, the cell and the error."
+
+
+@dataclass
+class RunResult:
+    stage: Stage
+    params: dict
+    metrics: dict
+    lineage: lineage_mod.Lineage
+    run_id: str | None
+
+
+@contextmanager
+def _environment(values: dict):
+    "Set variables for the kernel papermill starts (it inherits ours), and restore them afterwards."
+    saved = {k: os.environ.get(k) for k in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for key, value in saved.items():
+            os.environ.pop(key, None) if value is None else os.environ.__setitem__(key, value)
+
+
+def run_stage(ref: str, overrides: list[str] = (), root: Path | None = None, track: bool = True,
+              log_output: bool = False) -> RunResult:
+    "Execute stage `ref` (`04`, `04_tuning`) with its params file plus `key=value` overrides."
+    root = (root or find_root()).resolve()
+    stage = resolve_stage(root, ref)
+    defaults = load_params(stage.params_file)
+    params = {**defaults, **parse_overrides(list(overrides), defaults, stage.params_file)}
+    lineage = lineage_mod.compute(root, params_hash(params))
+
+    staging = root / "reports" / ".staging" / stage.name
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir(parents=True)
+    executed = staging / f"{stage.name}.ipynb"
+
+    tracker = None
+    if track:
+        from .tracking import Tracker
+        tracker = Tracker(root, stage.name, params, lineage)
+        tracker.start_in_background()  # MLflow's start-up overlaps the kernel's work
+
+    env = {STAGE_VAR: stage.name, RUN_DIR_VAR: str(staging), "STAGEBOOK_ROOT": str(root),
+           lineage_mod.ENV_VAR: json.dumps(lineage.as_dict()),
+           "PYDEVD_DISABLE_FILE_VALIDATION": "1"}  # silences a debugger warning every kernel prints
+    try:
+        with _environment(env):
+            _execute(stage, executed, params, root, log_output)
+            metrics = _read_metrics(staging)
+            if stage.report_template.is_file():
+                from .report import render_pdf
+                context = {"stage": stage.name, "params": params, "metrics": metrics, "lineage": lineage.as_dict(),
+                           "artifacts_dir": str(staging), "root": str(root),
+                           "created": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")}
+                render_pdf(stage.report_template, staging / "report.pdf", context, staging / "latex")
+    except BaseException as err:
+        failed = root / "reports" / ".failed" / f"{stage.name}.ipynb"
+        if executed.is_file():
+            failed.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(executed, failed)
+        if tracker is not None:
+            try:
+                tracker.finish("KILLED" if isinstance(err, KeyboardInterrupt) else "FAILED", files=[failed])
+            except StagebookError:
+                pass  # the stage's own failure is the message that matters
+        if isinstance(err, StagebookError) or not isinstance(err, Exception):
+            raise
+        raise StageFailed(f"stage {stage.name} failed: {type(err).__name__}: {_first_line(err)}") from err
+
+    _promote(stage, staging, metrics, lineage)
+    run_id = None
+    if tracker is not None:
+        tracker.finish("FINISHED", metrics, files=[stage.executed_notebook, stage.metrics_file, stage.report_pdf],
+                       folders=[stage.artifacts_dir / "figures", stage.artifacts_dir / "tables"])
+        run_id = tracker.run_id
+    shutil.rmtree(staging, ignore_errors=True)
+    return RunResult(stage, params, metrics, lineage, run_id)
+
+
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip()
+    return text.splitlines()[0] if text else "(no message)"
+
+
+def _execute(stage: Stage, executed: Path, params: dict, root: Path, log_output: bool) -> None:
+    import papermill as pm
+    from papermill.exceptions import PapermillExecutionError
+
+    if not stage.notebook.is_file():
+        raise StagebookError(f"{stage.notebook}: notebook missing; restore it (git checkout -- {stage.notebook}).")
+    try:
+        pm.execute_notebook(str(stage.notebook), str(executed), parameters=params, cwd=str(root),
+                            progress_bar=False, log_output=log_output, kernel_name="python3",
+                            kernel_manager_class=_local_kernel_manager())
+    except PapermillExecutionError as err:
+        kept = root / "reports" / ".failed" / f"{stage.name}.ipynb"
+        raise StageFailed(f"stage {stage.name} failed in cell {err.cell_index} (In [{err.exec_count}]):"
+                          f" {err.ename}: {_first_line(err.evalue) if err.evalue else ''};"
+                          f" executed notebook kept at {kept.relative_to(root)}") from None
+
+
+def _local_kernel_manager():
+    "Kernels on unix sockets: the kernel never listens on TCP (and stops warning that it does so unencrypted)."
+    from jupyter_client.manager import AsyncKernelManager
+
+    class LocalSocketKernelManager(AsyncKernelManager):
+        def __init__(self, **kwargs):
+            super().__init__(transport="ipc", **kwargs)
+
+    return LocalSocketKernelManager
+
+
+def _read_metrics(staging: Path) -> dict:
+    path = staging / "metrics.json"
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
+def _promote(stage: Stage, staging: Path, metrics: dict, lineage: lineage_mod.Lineage) -> None:
+    "Move a successful run's outputs into place; each replacement is whole or not at all."
+    artifacts = staging / "artifacts"
+    artifacts.mkdir()
+    for name in ("figures", "tables"):
+        if (staging / name).is_dir():
+            (staging / name).rename(artifacts / name)
+    replace_tree(artifacts, stage.artifacts_dir)
+    record = {"stage": stage.name, **metrics, "lineage": lineage.as_dict()}
+    atomic_write_text(stage.metrics_file, json.dumps(record, indent=2, sort_keys=True, default=str) + "\n")
+    stage.executed_notebook.parent.mkdir(parents=True, exist_ok=True)
+    os.replace(staging / f"{stage.name}.ipynb", stage.executed_notebook)
+    if (staging / "report.pdf").is_file():
+        os.replace(staging / "report.pdf", stage.report_pdf)

@@ -1,0 +1,83 @@
+"""Lineage: one record per run (code commit, dirty flag, data version, params hash, versions, model hash).
+
+Computed once by the runner, then carried onto MLflow tags, metrics files, PDFs and predictions.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import subprocess
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from . import __version__
+from .project import settings
+
+# Files the pipeline itself rewrites: a run that touched them has not changed the code.
+PIPELINE_WRITTEN = ("dvc.lock", "data_doc.md", "metrics")
+ENV_VAR = "STAGEBOOK_LINEAGE"
+
+
+@dataclass(frozen=True)
+class Lineage:
+    code_commit: str
+    code_dirty: bool
+    data_version: str
+    params_hash: str
+    model_sha256: str
+    stagebook_version: str = __version__
+
+    def as_tags(self) -> dict[str, str]:
+        "MLflow tag names and string values."
+        return {f"stagebook.{k}": str(v) for k, v in asdict(self).items()}
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def file_sha256(path: Path, chunk: int = 1 << 20) -> str:
+    "sha256 of a file's bytes, streamed."
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while block := fh.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _git(root: Path, *args: str) -> str | None:
+    try:
+        out = subprocess.run(["git", *args], cwd=root, capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return out.stdout.strip() if out.returncode == 0 else None
+
+
+def code_state(root: Path) -> tuple[str, bool]:
+    "HEAD's commit and whether tracked files differ from it (pipeline-written files excepted)."
+    commit = _git(root, "rev-parse", "HEAD") or "uncommitted"
+    excludes = [f":(exclude){p}" for p in PIPELINE_WRITTEN]
+    status = _git(root, "status", "--porcelain", "--untracked-files=no", "--", ".", *excludes)
+    return commit, bool(status) if status is not None else True
+
+
+def data_version(root: Path) -> str:
+    "Hash of the split manifest (paths, content hashes, labels, splits): changes whenever the data or its split does."
+    splits = root / settings(root)["splits_file"]
+    return file_sha256(splits)[:12] if splits.is_file() else "none"
+
+
+def model_sha256(root: Path) -> str:
+    model = root / settings(root)["model_file"]
+    return file_sha256(model) if model.is_file() else "none"
+
+
+def compute(root: Path, params_digest: str) -> Lineage:
+    commit, dirty = code_state(root)
+    return Lineage(commit, dirty, data_version(root), params_digest, model_sha256(root))
+
+
+def current() -> dict:
+    "The lineage the runner handed to this kernel, or {} when a person runs the notebook by hand."
+    raw = os.environ.get(ENV_VAR)
+    return json.loads(raw) if raw else {}

@@ -1,0 +1,84 @@
+"""Where the project is and what it holds: the root, the stage notebooks and the `[tool.stagebook]` settings."""
+from __future__ import annotations
+
+import os
+import re
+import tomllib
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+
+from .errors import StagebookError
+
+STAGE_NAME = re.compile(r"^(\d\d)_[A-Za-z0-9_]+$")
+DEFAULTS = {"experiment": "stagebook", "sealed_test_stage": "06_sealed_test",
+            "tracking_uri": "sqlite:///mlflow.db", "artifact_root": "mlartifacts",
+            "splits_file": "data/splits.csv", "model_file": "models/model.pth"}
+
+
+def find_root(start: Path | str | None = None) -> Path:
+    "The nearest folder, from `start` (or $STAGEBOOK_ROOT, or cwd) upwards, whose pyproject.toml has [tool.stagebook]."
+    here = Path(start or os.environ.get("STAGEBOOK_ROOT") or Path.cwd()).resolve()
+    for folder in [here, *here.parents]:
+        cfg = folder / "pyproject.toml"
+        if cfg.is_file() and "[tool.stagebook]" in cfg.read_text(encoding="utf-8"):
+            return folder
+    raise StagebookError(f"{here}: not inside a stagebook project (no pyproject.toml with a [tool.stagebook] table above it);"
+                         " cd into the project or set STAGEBOOK_ROOT.")
+
+
+@lru_cache(maxsize=None)
+def settings(root: Path) -> dict:
+    "`[tool.stagebook]` from the project's pyproject.toml over the defaults."
+    cfg = root / "pyproject.toml"
+    try:
+        table = tomllib.loads(cfg.read_text(encoding="utf-8")).get("tool", {}).get("stagebook", {})
+    except tomllib.TOMLDecodeError as err:
+        raise StagebookError(f"{cfg}: not valid TOML ({err}); fix the syntax.") from None
+    unknown = sorted(set(table) - set(DEFAULTS))
+    if unknown:
+        raise StagebookError(f"{cfg}: unknown key(s) {unknown} in [tool.stagebook]; known keys are {sorted(DEFAULTS)}.")
+    return {**DEFAULTS, **table}
+
+
+@dataclass(frozen=True)
+class Stage:
+    "One numbered stage: its notebook and its params file."
+    name: str
+    root: Path
+
+    @property
+    def notebook(self) -> Path: return self.root / "nbs" / f"{self.name}.ipynb"
+
+    @property
+    def params_file(self) -> Path: return self.root / "params" / f"{self.name}.yaml"
+
+    @property
+    def executed_notebook(self) -> Path: return self.root / "reports" / "executed" / f"{self.name}.ipynb"
+
+    @property
+    def artifacts_dir(self) -> Path: return self.root / "reports" / self.name
+
+    @property
+    def metrics_file(self) -> Path: return self.root / "metrics" / f"{self.name}.json"
+
+    @property
+    def report_template(self) -> Path: return self.root / "reports" / "templates" / f"{self.name}.texw"
+
+    @property
+    def report_pdf(self) -> Path: return self.root / "reports" / f"{self.name}.pdf"
+
+
+def stages(root: Path) -> list[Stage]:
+    "The project's stages, in order: every `nbs/NN_name.ipynb`."
+    return [Stage(p.stem, root) for p in sorted((root / "nbs").glob("*.ipynb")) if STAGE_NAME.match(p.stem)]
+
+
+def resolve_stage(root: Path, ref: str) -> Stage:
+    "A stage from `04`, `04_tuning` or `nbs/04_tuning.ipynb`."
+    key = Path(ref).stem
+    found = [s for s in stages(root) if s.name == key or s.name.split("_", 1)[0] == key]
+    if len(found) != 1:
+        names = ", ".join(s.name for s in stages(root)) or "none"
+        raise StagebookError(f"{root / 'nbs'}: no stage notebook matches '{ref}'; stages are: {names}.")
+    return found[0]

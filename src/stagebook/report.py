@@ -1,0 +1,126 @@
+"""PDF deliverables: a stage's `reports/templates/NN_name.texw` (LaTeX + Python chunks) woven by Pweave, built by latexmk.
+
+Adding a report to a stage is dropping a template named after it; the runner renders it after the notebook
+succeeds. Templates read what the run recorded through `report_context()` and format it with the helpers here.
+"""
+from __future__ import annotations
+
+import io
+import json
+import logging
+import os
+import shutil
+import subprocess
+from contextlib import redirect_stdout
+from pathlib import Path
+
+import pandas as pd
+
+from .errors import StagebookError
+
+CONTEXT_VAR = "STAGEBOOK_REPORT_CONTEXT"
+_TEX_SPECIALS = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_",
+                 "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}"}
+
+
+def tex(value) -> str:
+    "Text made safe for LaTeX."
+    return "".join(_TEX_SPECIALS.get(ch, ch) for ch in str(value))
+
+
+def report_context() -> dict:
+    "What the run recorded: stage, params, metrics, lineage, and the folder holding its figures and tables."
+    path = os.environ.get(CONTEXT_VAR)
+    if not path:
+        raise StagebookError(f"{CONTEXT_VAR} is not set: reports are rendered by `stagebook run STAGE`, not by hand.")
+    return json.loads(Path(path).read_text())
+
+
+def lineage_block(ctx: dict) -> str:
+    "A LaTeX table of the run's lineage, for the top of every deliverable."
+    lin = ctx["lineage"]
+    rows = [("Stage", ctx["stage"]), ("Code commit", lin["code_commit"][:12] + (" (uncommitted changes)" if lin["code_dirty"] else "")),
+            ("Data version", lin["data_version"]), ("Params hash", lin["params_hash"]),
+            ("Model sha256", lin["model_sha256"][:16]), ("stagebook", lin["stagebook_version"]), ("Run at", ctx["created"])]
+    body = "\n".join(rf"{tex(k)} & \texttt{{{tex(v)}}} \\" for k, v in rows)
+    return "\\begin{tabular}{ll}\n\\toprule\n" + body + "\n\\bottomrule\n\\end{tabular}"
+
+
+def table(df: pd.DataFrame, float_format: str = "{:.3f}") -> str:
+    "A booktabs LaTeX table from a DataFrame, text escaped, floats formatted."
+    shown = df.copy()
+    for column in shown.columns:
+        if pd.api.types.is_float_dtype(shown[column]):
+            shown[column] = shown[column].map(float_format.format)
+    header = " & ".join(tex(c) for c in shown.columns) + r" \\"
+    body = "\n".join(" & ".join(tex(v) for v in row) + r" \\" for row in shown.itertuples(index=False))
+    align = "".join("r" if pd.api.types.is_numeric_dtype(df[c]) else "l" for c in df.columns)
+    return f"\\begin{{tabular}}{{{align}}}\n\\toprule\n{header}\n\\midrule\n{body}\n\\bottomrule\n\\end{{tabular}}"
+
+
+def figure(ctx: dict, name: str) -> str:
+    "Absolute path (LaTeX-safe) of a figure the notebook logged with `stage.log_figure(fig, name)`."
+    path = Path(ctx["artifacts_dir"]) / "figures" / f"{name}.png"
+    if not path.is_file():
+        raise StagebookError(f"{path}: the report asks for figure '{name}', which the notebook did not log;"
+                             f" call stage.log_figure(fig, '{name}') in the notebook.")
+    return path.as_posix()
+
+
+def read_table(ctx: dict, name: str) -> pd.DataFrame:
+    path = Path(ctx["artifacts_dir"]) / "tables" / f"{name}.csv"
+    if not path.is_file():
+        raise StagebookError(f"{path}: the report asks for table '{name}', which the notebook did not log;"
+                             f" call stage.log_table(df, '{name}') in the notebook.")
+    return pd.read_csv(path)
+
+
+def render_pdf(template: Path, pdf: Path, context: dict, workdir: Path) -> Path:
+    "Weave `template` with `context` in `workdir`, build it with latexmk, and write `pdf`."
+    from pweave import Pweb, rcParams
+
+    workdir.mkdir(parents=True, exist_ok=True)
+    ctx_file = workdir / "report_context.json"
+    ctx_file.write_text(json.dumps(context, indent=2, default=str))
+    source = workdir / "report.texw"
+    shutil.copyfile(template, source)
+    # Pweave runs the chunks in an in-process kernel; its event loop is dropped, not closed, at exit.
+    logging.getLogger("asyncio").setLevel(logging.CRITICAL)
+    previous = os.environ.get(CONTEXT_VAR)
+    os.environ[CONTEXT_VAR] = str(ctx_file)
+    try:
+        rcParams["usematplotlib"] = False  # figures come from the notebook run; no plotting in the report kernel
+        with redirect_stdout(io.StringIO()):  # Pweave narrates every chunk; the runner prints one line
+            doc = Pweb(str(source), doctype="tex", output=str(workdir / "report.tex"), figdir=str(workdir / "figures"))
+            doc.run()
+            _raise_on_chunk_error(template, doc.executed)
+            doc.format()
+            doc.write()
+    finally:
+        os.environ.pop(CONTEXT_VAR) if previous is None else os.environ.__setitem__(CONTEXT_VAR, previous)
+    _latexmk(template, workdir)
+    pdf.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(workdir / "report.pdf", pdf)
+    return pdf
+
+
+def _raise_on_chunk_error(template: Path, executed: list[dict]) -> None:
+    "Pweave prints a chunk's traceback into the document; a deliverable with a traceback in it is a failure."
+    for number, chunk in enumerate(c for c in executed if c.get("type") == "code"):
+        for out in chunk.get("result", []):
+            if out.get("output_type") == "error":
+                raise StagebookError(f"{template}: code chunk {number + 1} raised {out['ename']}: {out['evalue']};"
+                                     " fix the template (or the notebook that records what it reads).")
+
+
+def _latexmk(template: Path, workdir: Path) -> None:
+    if not shutil.which("latexmk"):
+        raise StagebookError("latexmk: not found; install TeX Live (`make tex`, or apt-get install latexmk"
+                             " texlive-latex-recommended texlive-fonts-recommended lmodern).")
+    done = subprocess.run(["latexmk", "-pdf", "-interaction=nonstopmode", "-halt-on-error", "report.tex"],
+                          cwd=workdir, capture_output=True, text=True)
+    if done.returncode != 0:
+        log = workdir / "report.log"
+        text = log.read_text(errors="replace") if log.is_file() else done.stdout
+        first = next((ln for ln in text.splitlines() if ln.startswith("!")), "see the log")
+        raise StagebookError(f"{template}: LaTeX failed: {first.lstrip('! ')}; full log in {log}.")
