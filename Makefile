@@ -1,0 +1,57 @@
+# stagebook: `make run` runs the whole pipeline on the embedded digits; `make test` runs the tests.
+# Both install what is missing first: a .venv from requirements.lock, and TeX Live for the PDFs.
+
+PYTHON ?= python3.11
+VENV   := .venv
+BIN    := $(CURDIR)/$(VENV)/bin
+STAMP  := $(VENV)/.installed
+TEX_PACKAGES := texlive-latex-base texlive-latex-recommended texlive-fonts-recommended lmodern latexmk poppler-utils
+
+export PATH := $(BIN):$(PATH)
+export DVC_NO_ANALYTICS := 1
+export MLFLOW_DISABLE_TELEMETRY := true
+export PYDEVD_DISABLE_FILE_VALIDATION := 1
+
+.PHONY: run test bench setup tex lab mlflow-ui export lock clean
+
+run: setup tex
+	dvc repro
+	@echo "stagebook: done. PDFs: $$(ls reports/*.pdf | tr '\n' ' ')| runs: make mlflow-ui | notebooks: make lab"
+
+test: setup tex
+	pytest -q
+
+bench: setup tex
+	python bench/run.py
+
+setup: $(STAMP)
+
+$(STAMP): requirements.lock pyproject.toml
+	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info[:2] == (3, 11) else "stagebook: Python 3.11 is needed (found " + sys.version.split()[0] + "); set PYTHON=/path/to/python3.11")'
+	test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/python -m pip install --quiet --disable-pip-version-check -r requirements.lock
+	$(VENV)/bin/python -m pip install --quiet --disable-pip-version-check --no-deps --no-build-isolation -e .
+	touch $(STAMP)
+
+# TeX Live from Debian's packages when we are root; otherwise say what to install.
+tex:
+	@if command -v latexmk >/dev/null && command -v pdflatex >/dev/null && command -v pdftoppm >/dev/null; then :; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	  echo "stagebook: installing TeX Live (about 30 s)"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $(TEX_PACKAGES) >/dev/null; \
+	else echo "stagebook: PDFs need TeX Live; run: sudo apt-get install $(TEX_PACKAGES)"; exit 1; fi
+
+lab: setup
+	jupyter lab --ip 127.0.0.1 --no-browser $$( [ "$$(id -u)" = 0 ] && echo --allow-root ) nbs/
+
+mlflow-ui: setup
+	MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false mlflow ui --backend-store-uri sqlite:///mlflow.db --host 127.0.0.1 --port 5000 --workers 1
+
+export: setup
+	nbdev-export
+
+lock: setup
+	{ head -1 requirements.lock; $(VENV)/bin/pip freeze --all --exclude-editable | grep -v -E '^(stagebook|pip==)'; } > requirements.lock.new && mv requirements.lock.new requirements.lock
+
+clean:
+	rm -rf reports/.staging reports/.failed reports/.scratch .pytest_cache
