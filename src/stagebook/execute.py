@@ -120,9 +120,20 @@ def _execute(stage: Stage, executed: Path, params: dict, root: Path, log_output:
                             kernel_manager_class=_local_kernel_manager())
     except PapermillExecutionError as err:
         kept = root / "reports" / ".failed" / f"{stage.name}.ipynb"
-        raise StageFailed(f"stage {stage.name} failed in cell {err.cell_index} (In [{err.exec_count}]):"
+        cell = _source_cell_number(stage.notebook, err.cell_index)
+        raise StageFailed(f"stage {stage.name} failed in cell {cell} of {stage.notebook.relative_to(root)}:"
                           f" {err.ename}: {_first_line(err.evalue) if err.evalue else ''};"
                           f" executed notebook kept at {kept.relative_to(root)}") from None
+
+
+def _source_cell_number(notebook: Path, executed_index: int) -> int:
+    "1-based position, in the notebook people edit, of a cell papermill reports by its index in the executed copy."
+    import nbformat
+
+    cells = nbformat.read(notebook, as_version=4).cells
+    tagged = [i for i, c in enumerate(cells) if "parameters" in c.get("metadata", {}).get("tags", [])]
+    injected_at = tagged[0] + 1 if tagged else 0  # papermill inserts its cell after `parameters`, else first
+    return executed_index + (0 if executed_index < injected_at else -1) + 1
 
 
 def _local_kernel_manager():
