@@ -64,7 +64,7 @@ def run_stage(ref: str, overrides: list[str] = (), root: Path | None = None, tra
     if track:
         from .tracking import Tracker
         tracker = Tracker(root, stage.name, params, lineage)
-        tracker.start_in_background()  # MLflow's start-up overlaps the kernel's work
+        tracker.start_in_background()  # MLflow's start-up runs in its own process, beside the kernel
 
     env = {STAGE_VAR: stage.name, RUN_DIR_VAR: str(staging), "STAGEBOOK_ROOT": str(root),
            lineage_mod.ENV_VAR: json.dumps(lineage.as_dict()),
@@ -93,12 +93,11 @@ def run_stage(ref: str, overrides: list[str] = (), root: Path | None = None, tra
             raise
         raise StageFailed(f"stage {stage.name} failed: {type(err).__name__}: {_first_line(err)}") from err
 
+    run_id = tracker.wait_started() if tracker is not None else None  # a broken store stops us before promotion
     _promote(stage, staging, metrics, lineage)
-    run_id = None
     if tracker is not None:
         tracker.finish("FINISHED", metrics, files=[stage.executed_notebook, stage.metrics_file, stage.report_pdf],
                        folders=[stage.artifacts_dir / "figures", stage.artifacts_dir / "tables"])
-        run_id = tracker.run_id
     shutil.rmtree(staging, ignore_errors=True)
     return RunResult(stage, params, metrics, lineage, run_id)
 
