@@ -88,3 +88,16 @@ def test_a_missing_params_file_is_refused_before_running(toy_stage: Path):
     (toy_stage / "params" / "01_toy.yaml").unlink()
     with pytest.raises(StagebookError, match="params file missing"):
         run_stage("01", root=toy_stage, track=False)
+
+
+def test_a_stagebook_error_in_a_notebook_is_shown_as_its_own_message(project: Path):
+    from conftest import write_notebook
+    write_notebook(project / "nbs" / "00_page.ipynb", "page = 'project_page.md'",
+                   "from stagebook.project_page import load_targets\nload_targets(page)")
+    (project / "params" / "00_page.yaml").write_text("page: project_page.md\n")
+    (project / "project_page.md").write_text("---\nproject: p\n---\n")
+    with pytest.raises(StageFailed) as err:
+        run_stage("00", root=project, track=False)
+    assert str(err.value).startswith("stage 00_page failed in cell 2 of nbs/00_page.ipynb: ")
+    assert "project_page.md: front matter lacks 'primary_metric'; add `primary_metric:`" in str(err.value)
+    assert "StagebookError" not in str(err.value)

@@ -120,8 +120,10 @@ def _execute(stage: Stage, executed: Path, params: dict, root: Path, log_output:
     except PapermillExecutionError as err:
         kept = root / "reports" / ".failed" / f"{stage.name}.ipynb"
         cell = _source_cell_number(stage.notebook, err.cell_index)
-        raise StageFailed(f"stage {stage.name} failed in cell {cell} of {stage.notebook.relative_to(root)}:"
-                          f" {err.ename}: {_first_line(err.evalue) if err.evalue else ''};"
+        detail = _first_line(err.evalue).rstrip(".") if err.evalue else ""
+        if err.ename != StagebookError.__name__:  # a user-facing message needs no class name in front
+            detail = f"{err.ename}: {detail}" if detail else err.ename
+        raise StageFailed(f"stage {stage.name} failed in cell {cell} of {stage.notebook.relative_to(root)}: {detail};"
                           f" executed notebook kept at {kept.relative_to(root)}") from None
 
 
