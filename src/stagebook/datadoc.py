@@ -11,8 +11,9 @@ from .iorw import atomic_write_text
 START, END = "<!-- stagebook:generated:start -->", "<!-- stagebook:generated:end -->"
 
 
-def replace_generated_block(doc: Path, body: str) -> None:
+def replace_generated_block(doc: Path | str, body: str) -> None:
     "Put `body` between the markers of `doc`, keeping everything people wrote around it."
+    doc = Path(doc)
     if not doc.is_file():
         raise StagebookError(f"{doc}: data document missing; restore it from the template (git checkout -- {doc.name}).")
     text = doc.read_text(encoding="utf-8")

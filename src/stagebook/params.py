@@ -10,8 +10,9 @@ import yaml
 from .errors import StagebookError
 
 
-def load_params(path: Path) -> dict:
+def load_params(path: Path | str) -> dict:
     "The flat mapping in a stage's params file (papermill injects each key as a variable)."
+    path = Path(path)
     if not path.is_file():
         raise StagebookError(f"{path}: params file missing; create it with the defaults of the notebook's `parameters` cell.")
     try:

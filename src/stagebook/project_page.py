@@ -26,7 +26,8 @@ class Targets:
         return value >= self.target if self.direction == "maximize" else value <= self.target
 
 
-def front_matter(page: Path) -> dict:
+def front_matter(page: Path | str) -> dict:
+    page = Path(page)
     if not page.is_file():
         raise StagebookError(f"{page}: project page missing; restore it from the template and fill in its targets.")
     text = page.read_text(encoding="utf-8")
@@ -45,8 +46,9 @@ def front_matter(page: Path) -> dict:
     return meta
 
 
-def load_targets(page: Path) -> Targets:
+def load_targets(page: Path | str) -> Targets:
     "The targets from the page's front matter, every required field present and typed."
+    page = Path(page)
     meta = front_matter(page)
     for key, hint in REQUIRED.items():
         if meta.get(key) in (None, ""):
