@@ -37,7 +37,8 @@ class Tracker:
         self._proc: subprocess.Popen | None = None
 
     def start_in_background(self) -> None:
-        env = {**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true", "GIT_PYTHON_REFRESH": "quiet"}
+        env = {**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true", "GIT_PYTHON_REFRESH": "quiet",
+               "MLFLOW_LOGGING_LEVEL": "WARNING"}  # not "Creating initial MLflow database tables..."
         self._proc = subprocess.Popen([sys.executable, "-m", "stagebook.tracking"], stdin=subprocess.PIPE,
                                       stdout=subprocess.PIPE, text=True, env=env)
         self._send({"op": "start", "root": str(self.root), "stage": self.stage, "params": self.params,
@@ -112,8 +113,6 @@ def _finish(client, run_id: str, request: dict) -> None:
 def _serve() -> None:
     "The helper process: one `start` request, then one `finish` request, each answered with a JSON line."
     logging.basicConfig(level=logging.WARNING)
-    for name in ("mlflow", "alembic"):
-        logging.getLogger(name).setLevel(logging.WARNING)  # not "Creating initial MLflow database tables..."
 
     def reply(message: dict) -> None:
         sys.stdout.write(json.dumps(message) + "\n")
