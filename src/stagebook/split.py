@@ -1,17 +1,28 @@
-"""Sticky, group-aware splits: an item's split is a function of a hash of its group key, never of row order.
+"""Sticky, group-aware, class-balanced splits, decided by hashes of unit keys, never by row order.
 
-So re-extracting the data, or adding to it, cannot move an existing item, and items that share a group (declared,
-or identical bytes) always land together. Earlier assignments, when given, win over the hash: once test, always test.
+A unit is what must stay together: items joined by a declared `group` or by a duplicate `cluster` (exact, same
+pixels or near). Its key is its smallest member key (the group, else the content hash). Units are placed class by
+class in the order of a seeded hash of their key, each into the split furthest below its target share, so the same
+data always gives the same split, whatever order it is read in, and every class meets the proportions within one
+unit (pure per-item hashing misses them by a few points on a few thousand items).
+
+Earlier assignments always win: an item once placed keeps its split, and new members of a unit that already has
+placed items join the most protected of them (test, then valid), so a near-copy of a test image never lands in
+training. New units fill each class's shortfall. Once test, always test.
 """
 from __future__ import annotations
 
 import hashlib
+import json
+from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from .errors import StagebookError
 
 SPLITS = ("train", "valid", "test")
+PROTECTION = {"train": 0, "valid": 1, "test": 2}  # = SPLITS order: a larger index is the more protected split
 
 
 def check_proportions(proportions: dict, where: str) -> dict[str, float]:
@@ -33,24 +44,120 @@ def unit_interval(key: str, seed: int) -> float:
     return int.from_bytes(digest[:8], "big") / 2**64
 
 
-def split_of(u: float, proportions: dict[str, float]) -> str:
+def split_of(u, proportions: dict[str, float]):
+    "'train' / 'valid' / 'test' for uniform number(s) `u`."
     edge_train = proportions["train"]
     edge_valid = edge_train + proportions["valid"]
-    return "train" if u < edge_train else "valid" if u < edge_valid else "test"
+    return np.where(np.asarray(u) < edge_train, "train", np.where(np.asarray(u) < edge_valid, "valid", "test"))
 
 
-def split_assignments(manifest: pd.DataFrame, proportions: dict[str, float], seed: int,
+def split_units(items: pd.DataFrame) -> pd.Series:
+    "The key of the unit each row belongs to: rows sharing a declared group or a duplicate cluster share a unit."
+    from .audit import _same_value_edges, connected_clusters
+
+    member = _member_keys(items)
+    edges = [_same_value_edges(items[c].fillna("").astype(str)) for c in ("group", "cluster") if c in items.columns]
+    components = connected_clusters(len(items), edges)
+    rank, keys = pd.factorize(member, sort=True)  # integer ranks: a group-wise min over ints, not strings
+    smallest = pd.Series(rank).groupby(components).transform("min").to_numpy()
+    return pd.Series(np.asarray(keys)[smallest], index=items.index)
+
+
+def _member_keys(items: pd.DataFrame) -> pd.Series:
+    group = items["group"].fillna("").astype(str) if "group" in items.columns else pd.Series("", index=items.index)
+    own = ("sha256:" + items["sha256"].astype(str)) if "sha256" in items.columns else ("path:" + items["path"].astype(str))
+    return pd.Series(np.where(group != "", "group:" + group, own), index=items.index)
+
+
+def split_assignments(items: pd.DataFrame, proportions: dict[str, float], seed: int,
                       previous: pd.DataFrame | None = None) -> pd.DataFrame:
-    "The manifest with a `split` column; rows of `previous` (path -> split) keep their split, and so does their group."
-    by_group = {g: split_of(unit_interval(g, seed), proportions) for g in manifest.group.unique()}
-    if previous is not None and len(previous):
-        known = manifest[["path", "group"]].merge(previous[["path", "split"]], on="path")
-        by_group.update(dict(zip(known.group, known.split)))
-    out = manifest.copy()
-    out["split"] = out.group.map(by_group)
-    if previous is not None and len(previous):
-        out = out.set_index("path")
-        kept = previous.set_index("path").split.reindex(out.index).dropna()
-        out.loc[kept.index, "split"] = kept
-        out = out.reset_index()
-    return out
+    """`items` with `unit` and `split` columns. Rows of `previous` keep their split; rows of `previous` that are no
+    longer in `items` are kept with status 'missing', so a returning item returns to its split."""
+    out = items.copy().reset_index(drop=True)
+    out["unit"] = split_units(out)
+    out["split"] = None
+    has_previous = previous is not None and len(previous) > 0
+    if has_previous:
+        placed = previous.drop_duplicates("path").set_index("path").split
+        old = pd.Categorical(placed.reindex(out.path).to_numpy(), categories=SPLITS).codes  # -1: not placed
+        unit_code = pd.factorize(out.unit)[0]
+        level = pd.Series(old).groupby(unit_code).transform("max").to_numpy()  # SPLITS is ordered by protection
+        chosen = np.where(old >= 0, old, level)
+        out["split"] = pd.Series(np.asarray(SPLITS, dtype=object)[np.maximum(chosen, 0)]).where(chosen >= 0, None)
+    out.loc[out.split.isna(), "split"] = _place_new_units(out, proportions, seed)
+    if not has_previous:
+        return out
+    gone = previous[pd.Index(out.path).get_indexer(previous.path) < 0].copy()  # (Series.isin is slow on Arrow strings)
+    if len(gone):
+        gone["status"] = "missing"
+        out = pd.concat([out, gone[[c for c in gone.columns if c in out.columns]]], ignore_index=True)
+    return out.sort_values("path", ignore_index=True)
+
+
+def _place_new_units(out: pd.DataFrame, proportions: dict[str, float], seed: int) -> pd.Series:
+    "Splits for the rows not yet placed: per class, units in seeded-hash order, each to the split most in deficit."
+    usable = (out.status == "ok").to_numpy() if "status" in out.columns else np.ones(len(out), bool)
+    label = out.label.astype(str).to_numpy()
+    placed = out.split.notna().to_numpy()
+    counts: dict[str, list[int]] = {}  # class -> usable items already placed per split
+    for (cls, split), n in pd.Series(1, index=pd.MultiIndex.from_arrays(
+            [label[placed & usable], out.split.to_numpy()[placed & usable]])).groupby(level=[0, 1]).size().items():
+        counts.setdefault(cls, [0, 0, 0])[SPLITS.index(split)] = int(n)
+    rows = np.flatnonzero(~placed)
+    if not len(rows):
+        return pd.Series(dtype=object)
+    code, keys = pd.factorize(out.unit.to_numpy()[rows])
+    frame = pd.DataFrame({"unit": code, "label": label[rows], "usable": usable[rows].astype(np.int64)})
+    majority = (frame.groupby(["unit", "label"]).size().rename("n").reset_index()
+                .sort_values(["unit", "n", "label"], ascending=[True, False, True]).drop_duplicates("unit")
+                .set_index("unit").label.sort_index())  # a unit's class: its most common label, ties to the smallest
+    size = frame.groupby("unit").usable.sum().sort_index().to_numpy()
+    order = np.array([int.from_bytes(hashlib.sha256(f"{seed}:{k}".encode()).digest()[:8], "big") for k in keys], dtype=np.uint64)
+    units = pd.DataFrame({"label": majority.to_numpy(), "size": size, "order": order}).sort_values(["label", "order"])
+    targets = [proportions[s] for s in SPLITS]
+    chosen = np.empty(len(keys), dtype=np.int8)
+    for cls, block in units.groupby("label", sort=True):
+        have = list(counts.get(cls, [0, 0, 0]))
+        for unit, n in zip(block.index.to_numpy().tolist(), block["size"].to_numpy().tolist()):
+            total = have[0] + have[1] + have[2] + max(n, 1)
+            deficits = [targets[0] * total - have[0], targets[1] * total - have[1], targets[2] * total - have[2]]
+            best = deficits.index(max(deficits))
+            have[best] += n
+            chosen[unit] = best
+    return pd.Series(np.asarray(SPLITS, dtype=object)[chosen[code]], index=out.index[rows])
+
+
+def straddling_clusters(splits: pd.DataFrame) -> int:
+    "Duplicate clusters (or declared groups) with usable members in more than one split: leakage. Should be 0."
+    usable = splits[splits.status == "ok"]
+    count = 0
+    for column in ("cluster", "group"):
+        if column in usable.columns:
+            keyed = usable[usable[column].fillna("").astype(str) != ""]
+            count += int((keyed.groupby(column).split.nunique() > 1).sum())
+    return count
+
+
+def class_balance(splits: pd.DataFrame, proportions: dict[str, float]) -> pd.DataFrame:
+    "Per class: share of usable items in each split, and the largest deviation from the target, in points."
+    usable = splits[splits.status == "ok"]
+    shares = pd.crosstab(usable.label, usable.split, normalize="index").reindex(columns=list(SPLITS), fill_value=0.0)
+    shares["max_deviation_points"] = 100 * (shares[list(SPLITS)] - pd.Series(proportions)).abs().max(axis=1)
+    return shares.reset_index()
+
+
+def check_policy(policy_file: Path, proportions: dict, seed: int, allow_change: bool, where: str) -> bool:
+    """Refuse a silent change of proportions or seed for an existing split; True when a change was allowed.
+
+    Even an allowed change moves no placed item: it applies to new items only (once test, always test)."""
+    if not policy_file.is_file():
+        return False
+    before = json.loads(policy_file.read_text())
+    now = {"proportions": proportions, "seed": seed}
+    if before == now:
+        return False
+    if not allow_change:
+        raise StagebookError(f"{where}: split settings changed from {before} to {now}, but {policy_file.name} says the"
+                             " existing split used the old ones; set allow_split_change: true to apply the new ones to"
+                             " new items only (no placed item ever moves), or restore the old values.")
+    return True
