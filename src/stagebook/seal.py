@@ -1,0 +1,205 @@
+"""The sealed test set: its identity committed in a small seal file, every read logged in a hash-chained ledger.
+
+- `write_seal` records the sha256 and label of every usable test item, and one hash over the whole list.
+- `SealedTestSet.read` serves the test items only inside the sealed-test stage's run, after re-hashing every file
+  against the seal; any changed, vanished or added item stops it with the list of names.
+- The ledger (`data/test_ledger.jsonl`) appends one line per seal, read, result and reuse; each line carries the
+  hash of the line before, so an edited or deleted line breaks the chain and `stagebook ledger` says where.
+- A model already evaluated on this seal gets its recorded predictions back instead of a second read.
+"""
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+from datetime import datetime, timezone
+from pathlib import Path
+
+import pandas as pd
+
+from .errors import StagebookError
+from .iorw import atomic_write_text
+from .lineage import file_sha256
+from .project import find_root, settings
+
+GENESIS = "0" * 64
+
+
+def seal_path(root: Path) -> Path:
+    return root / Path(settings(root)["splits_file"]).parent / "test.seal.json"
+
+
+def ledger_path(root: Path) -> Path:
+    return root / Path(settings(root)["splits_file"]).parent / "test_ledger.jsonl"
+
+
+def results_dir(root: Path) -> Path:
+    return root / Path(settings(root)["splits_file"]).parent / "test_results"
+
+
+def _list_hash(items: dict[str, dict]) -> str:
+    lines = "".join(f"{path}\t{v['sha256']}\t{v['label']}\n" for path, v in sorted(items.items()))
+    return hashlib.sha256(lines.encode()).hexdigest()
+
+
+def test_rows(splits: pd.DataFrame) -> pd.DataFrame:
+    return splits[(splits.split == "test") & (splits.status == "ok")]
+
+
+def write_seal(root: Path, splits: pd.DataFrame, reason: str = "sealed") -> dict:
+    "Seal the usable test rows of `splits`: per-item content hash and label, and one hash over the list."
+    rows = test_rows(splits)
+    items = {p: {"sha256": s, "label": str(lbl)} for p, s, lbl in zip(rows.path, rows.sha256, rows.label)}
+    seal = {"sealed_at": _now(), "count": len(items), "list_hash": _list_hash(items), "items": items}
+    atomic_write_text(seal_path(root), json.dumps(seal, indent=1, sort_keys=True) + "\n")
+    Ledger(root).append("seal", detail={"reason": reason, "count": len(items), "list_hash": seal["list_hash"]})
+    return seal
+
+
+def read_seal(root: Path) -> dict | None:
+    path = seal_path(root)
+    if not path.is_file():
+        return None
+    try:
+        seal = json.loads(path.read_text())
+        if _list_hash(seal["items"]) != seal["list_hash"]:
+            raise StagebookError(f"{path}: the item list does not match its own list_hash: the seal was edited by hand;"
+                                 " restore it from git (git checkout -- " f"{path.relative_to(root)}).")
+        return seal
+    except (json.JSONDecodeError, KeyError, TypeError):
+        raise StagebookError(f"{path}: not a readable seal; restore it from git or re-seal with `stagebook seal`.") from None
+
+
+def differences(root: Path, seal: dict, splits: pd.DataFrame) -> dict[str, list[str]]:
+    "Sealed items whose bytes or label changed, that vanished, or test items the seal does not hold."
+    rows = test_rows(splits)
+    current = dict(zip(rows.path, rows.label.astype(str)))
+    changed, vanished = [], []
+    for path, expected in sorted(seal["items"].items()):
+        file = root / path
+        if not file.is_file():
+            vanished.append(path)
+        elif file_sha256(file) != expected["sha256"]:
+            changed.append(path)
+        elif path not in current:  # still on disk, but no longer a usable test item
+            vanished.append(path)
+        elif current[path] != expected["label"]:
+            changed.append(path)
+    added = sorted(set(current) - set(seal["items"]))
+    return {"changed": changed, "vanished": vanished, "added": added}
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+class Ledger:
+    "Append-only, hash-chained log of everything done with the test set."
+
+    def __init__(self, root: Path):
+        self.path = ledger_path(root)
+
+    def entries(self) -> list[dict]:
+        if not self.path.is_file():
+            return []
+        return [json.loads(line) for line in self.path.read_text().splitlines() if line.strip()]
+
+    def append(self, event: str, detail: dict, model_sha256: str = "") -> dict:
+        from . import lineage
+
+        lin = lineage.current()
+        entries = self.entries()
+        entry = {"seq": len(entries) + 1, "time": _now(), "event": event, "stage": os.environ.get("STAGEBOOK_STAGE", ""),
+                 "commit": lin.get("code_commit", ""), "model_sha256": model_sha256, "detail": detail,
+                 "prev": entries[-1]["hash"] if entries else GENESIS}
+        entry["hash"] = _entry_hash(entry)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.path, "a", encoding="utf-8") as fh:
+            fh.write(json.dumps(entry, sort_keys=True) + "\n")
+        return entry
+
+    def verify(self) -> tuple[bool, str]:
+        "(True, summary) when every line's hash and link hold; else (False, where it breaks)."
+        prev = GENESIS
+        try:
+            entries = self.entries()
+        except json.JSONDecodeError as err:
+            return False, f"{self.path}: line {err.lineno if hasattr(err, 'lineno') else '?'} is not JSON"
+        for number, entry in enumerate(entries, start=1):
+            if entry.get("prev") != prev or entry.get("hash") != _entry_hash(entry) or entry.get("seq") != number:
+                return False, f"{self.path}: chain broken at line {number} ({entry.get('event', '?')}); it was edited or a line was removed"
+            prev = entry["hash"]
+        return True, f"{self.path}: chain intact, {len(entries)} entries"
+
+
+def _entry_hash(entry: dict) -> str:
+    body = {k: v for k, v in entry.items() if k != "hash"}
+    return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
+
+
+class SealedTestSet:
+    "The test split as stage 06 may use it: verified against the seal, read at most once per model."
+
+    def __init__(self, root: Path | None = None):
+        self.root = (root or find_root()).resolve()
+        self.ledger = Ledger(self.root)
+
+    def _guard(self) -> None:
+        from .stage import context
+        sealed_stage = settings(self.root)["sealed_test_stage"]
+        if context().name != sealed_stage:
+            raise StagebookError(f"the test split is sealed: only stage {sealed_stage}, run by `stagebook run`, may read"
+                                 " it, once per model, and every read is logged; measure progress on 'valid'.")
+
+    def verify(self, splits: pd.DataFrame) -> dict:
+        "The seal, after checking every sealed item against its file; raises listing what changed."
+        seal = read_seal(self.root)
+        if seal is None:
+            raise StagebookError(f"{seal_path(self.root)}: no seal; run stage 01 (which seals a new split) or `stagebook seal`.")
+        diff = differences(self.root, seal, splits)
+        if any(diff.values()):
+            parts = [f"{kind} {len(paths)}: {', '.join(paths[:5])}{' ...' if len(paths) > 5 else ''}"
+                     for kind, paths in diff.items() if paths]
+            raise StagebookError(f"{seal_path(self.root)}: the test set no longer matches its seal ({'; '.join(parts)});"
+                                 " restore the data, or accept the new test set with `stagebook seal` (logged).")
+        return seal
+
+    def read(self, model_sha256: str) -> pd.DataFrame:
+        "The usable test items, for `model_sha256`; verified against the seal and logged."
+        self._guard()
+        from .data import _load
+        splits = _load(self.root, usable_only=False)
+        seal = self.verify(splits)
+        rows = test_rows(splits).reset_index(drop=True)
+        self.ledger.append("read", {"items": len(rows), "list_hash": seal["list_hash"]}, model_sha256)
+        return rows
+
+    def recorded_predictions(self, model_sha256: str) -> pd.DataFrame | None:
+        "Predictions this model already made on this seal (checked against their recorded hash), or None."
+        self._guard()
+        from .data import _load
+        seal = self.verify(_load(self.root, usable_only=False))
+        for entry in reversed(self.ledger.entries()):
+            detail = entry.get("detail", {})
+            if entry["event"] == "result" and entry["model_sha256"] == model_sha256 and detail.get("list_hash") == seal["list_hash"]:
+                file = self.root / detail["predictions"]
+                if not file.is_file() or file_sha256(file) != detail["predictions_sha256"]:
+                    return None
+                self.ledger.append("reuse", {"of_seq": entry["seq"], "list_hash": seal["list_hash"]}, model_sha256)
+                return pd.read_csv(file, dtype=str, keep_default_na=False)
+        return None
+
+    def record_predictions(self, model_sha256: str, predictions: pd.DataFrame, metrics: dict) -> Path:
+        "Keep this model's test predictions and log the result, so the same model never reads the test set again."
+        self._guard()
+        seal = read_seal(self.root)
+        folder = results_dir(self.root)
+        file = folder / f"{model_sha256[:16]}.csv"
+        buffer = io.StringIO()
+        predictions.to_csv(buffer, index=False)
+        atomic_write_text(file, buffer.getvalue())
+        self.ledger.append("result", {"list_hash": seal["list_hash"], "metrics": metrics,
+                                      "predictions": file.relative_to(self.root).as_posix(),
+                                      "predictions_sha256": file_sha256(file)}, model_sha256)
+        return file
