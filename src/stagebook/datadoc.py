@@ -25,15 +25,50 @@ def replace_generated_block(doc: Path | str, body: str) -> None:
     atomic_write_text(doc, f"{head}{START}\n{body.strip()}\n{END}{tail}")
 
 
-def split_statistics(splits: pd.DataFrame) -> str:
-    "Markdown: counts per class and split, quarantined items, and the totals."
+def _table(df: pd.DataFrame) -> str:
+    return df.to_markdown(index=False) if len(df) else "*none*"
+
+
+def generated_block(splits: pd.DataFrame, summary: dict, balance: pd.DataFrame, leakage: int, seal: dict | None,
+                    data_version: str, chart: str | None = None, shown: int = 20) -> str:
+    "Markdown for the data document: counts, audit findings, leakage, balance, seal and data version."
     usable = splits[splits.status == "ok"]
     counts = pd.crosstab(usable.label, usable.split).reindex(columns=["train", "valid", "test"], fill_value=0)
     counts.loc["total"] = counts.sum()
     counts["all"] = counts.sum(axis=1)
-    quarantined = splits[splits.status != "ok"]
-    lines = [f"Items: {len(splits)} ({len(usable)} usable, {len(quarantined)} quarantined); "
-             f"classes: {usable.label.nunique()}.", "", counts.reset_index().to_markdown(index=False)]
-    if len(quarantined):
-        lines += ["", "Quarantined:", "", quarantined[["path", "status"]].to_markdown(index=False)]
+    quarantined = splits[splits.status.str.startswith("quarantined")]
+    missing = splits[splits.status == "missing"]
+    converted = usable[usable.converted != ""].converted.value_counts()
+    worst = balance.sort_values("max_deviation_points", ascending=False).head(1)
+    lines = [f"Data version `{data_version}`; test set sealed as `{seal['list_hash'][:16]}` ({seal['count']} items)."
+             if seal else f"Data version `{data_version}`; test set not sealed yet.", ""]
+    if chart:
+        lines += [f"![Items per class and split]({chart})", ""]
+    lines += [counts.reset_index().rename(columns={"label": "class"}).to_markdown(index=False), "",
+              "**Audit.** " + "; ".join([
+                  f"{summary['items']} items, {summary['usable']} usable, {summary['quarantined']} quarantined"
+                  + (f", {len(missing)} no longer present" if len(missing) else ""),
+                  f"{summary['converted']} converted" + (f" ({', '.join(f'{k} {v}' for k, v in converted.items())})" if len(converted) else ""),
+                  f"{summary['exact_duplicate_items']} exact duplicates, {summary['same_pixel_items']} same-pixel copies,"
+                  f" {summary['near_duplicate_pairs']} near-duplicate pairs",
+                  f"{summary['duplicate_clusters']} duplicate clusters (largest {summary['largest_cluster']} items)",
+                  f"{summary['label_conflicts']} label conflicts",
+                  f"classes too small to learn: {', '.join(summary['small_classes']) or 'none'}"]) + ".", "",
+              f"**Cross-split leakage.** {leakage} duplicate clusters or groups straddle two splits.", ""]
+    if len(worst):
+        lines += [f"**Class balance.** Largest deviation from the target split proportions:"
+                  f" {worst.max_deviation_points.iloc[0]:.1f} points (class {worst.label.iloc[0]}).", ""]
+    lines += [f"### Quarantined ({len(quarantined)})", "",
+              _table(quarantined[["path", "status"]].head(shown).rename(columns={"status": "reason"})), ""]
+    if len(quarantined) > shown:
+        lines += [f"... and {len(quarantined) - shown} more (status column of the split manifest).", ""]
+    dup = usable[usable.cluster != ""]
+    clusters = (dup.groupby("cluster").agg(items=("path", "size"), labels=("label", lambda s: ", ".join(sorted(set(s)))),
+                                           splits=("split", lambda s: ", ".join(sorted(set(s)))),
+                                           example=("path", "min"))
+                .sort_values("items", ascending=False).reset_index())
+    lines += [f"### Duplicate clusters ({len(clusters)}; largest first)", "", _table(clusters.head(shown // 2))]
+    conflicts = clusters[clusters.labels.str.contains(",")]
+    if len(conflicts):
+        lines += ["", f"### Label conflicts ({len(conflicts)})", "", _table(conflicts.head(shown))]
     return "\n".join(lines)

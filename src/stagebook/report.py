@@ -9,6 +9,7 @@ import io
 import json
 import logging
 import os
+import re
 import shutil
 import subprocess
 from contextlib import redirect_stdout
@@ -124,3 +125,73 @@ def _latexmk(template: Path, workdir: Path) -> None:
         text = log.read_text(errors="replace") if log.is_file() else done.stdout
         first = next((ln for ln in text.splitlines() if ln.startswith("!")), "see the log")
         raise StagebookError(f"{template}: LaTeX failed: {first.lstrip('! ')}; full log in {log}.")
+
+
+_INLINE = re.compile(r"(\*\*[^*]+\*\*|\*[^*\s][^*]*\*|`[^`]+`|!?\[[^\]]*\]\([^)]+\))")
+
+
+def _inline(text: str) -> str:
+    "Markdown inline marks (bold, italic, code, links) to LaTeX, everything else escaped."
+    out = []
+    for part in _INLINE.split(text):
+        if part.startswith("**") and part.endswith("**") and len(part) > 4:
+            out.append(rf"\textbf{{{_inline(part[2:-2])}}}")
+        elif part.startswith("`") and part.endswith("`") and len(part) > 2:
+            out.append(rf"\texttt{{{tex(part[1:-1])}}}")
+        elif part.startswith("*") and part.endswith("*") and len(part) > 2:
+            out.append(rf"\emph{{{_inline(part[1:-1])}}}")
+        elif part.startswith("[") and "](" in part:
+            out.append(_inline(part[1:part.index("](")]))
+        else:
+            out.append(tex(part))
+    return "".join(out)
+
+
+def markdown_to_latex(text: str, find_image=lambda ref: None) -> str:
+    """The Markdown our documents use (headings, paragraphs, lists, pipe tables, images, emphasis) as LaTeX.
+
+    `find_image(ref)` maps an image reference to a file path, or None to leave the image out."""
+    text = re.sub(r"<!--.*?-->", "", text, flags=re.S)
+    out, lines, i = [], text.splitlines(), 0
+    while i < len(lines):
+        line = lines[i].rstrip()
+        heading = re.match(r"^(#{1,4})\s+(.*)", line)
+        if heading:
+            command = {1: "section*", 2: "subsection*", 3: "subsubsection*", 4: "paragraph*"}[len(heading.group(1))]
+            out.append(rf"\{command}{{{_inline(heading.group(2))}}}")
+            i += 1
+        elif line.startswith("|") and i + 1 < len(lines) and re.match(r"^\|[\s:|-]+\|$", lines[i + 1].strip()):
+            rows = []
+            while i < len(lines) and lines[i].strip().startswith("|"):
+                rows.append([c.strip() for c in lines[i].strip().strip("|").split("|")])
+                i += 1
+            header, body = rows[0], rows[2:]
+            aligns = "".join("r" if all(re.fullmatch(r"-?[\d.,]+", r[k] if k < len(r) else "") for r in body) and body else "l"
+                             for k in range(len(header)))
+            out += [r"\begin{center}\small", rf"\begin{{tabular}}{{{aligns}}}", r"\toprule",
+                    " & ".join(_inline(c) for c in header) + r" \\", r"\midrule"]
+            out += [" & ".join(_inline(c) for c in r) + r" \\" for r in body]
+            out += [r"\bottomrule", r"\end{tabular}", r"\end{center}"]
+        elif re.match(r"^\s*[-*]\s+", line):
+            out.append(r"\begin{itemize}")
+            while i < len(lines) and re.match(r"^\s*[-*]\s+", lines[i]):
+                out.append(r"\item " + _inline(re.sub(r"^\s*[-*]\s+", "", lines[i].rstrip())))
+                i += 1
+            out.append(r"\end{itemize}")
+        elif re.match(r"^!\[[^\]]*\]\([^)]+\)$", line.strip()):
+            ref = line.strip()[line.strip().index("](") + 2:-1]
+            path = find_image(ref)
+            if path:
+                out.append(rf"\begin{{center}}\includegraphics[width=0.7\textwidth]{{{Path(path).as_posix()}}}\end{{center}}")
+            i += 1
+        elif not line.strip():
+            out.append("")
+            i += 1
+        else:  # a paragraph: consecutive plain lines, so emphasis may span a line break
+            para = [line.strip()]
+            i += 1
+            while i < len(lines) and lines[i].strip() and not re.match(r"^(#{1,4}\s|\||\s*[-*]\s+|!\[)", lines[i]):
+                para.append(lines[i].strip())
+                i += 1
+            out.append(_inline(" ".join(para)))
+    return "\n".join(out)
