@@ -36,6 +36,48 @@ def _lineage(args) -> None:
     print(json.dumps(compute(find_root(), "n/a").as_dict(), indent=2))
 
 
+def _audit(args) -> None:
+    from .audit import audit
+    from .manifest import build_manifest
+
+    root = Path.cwd()
+    items = build_manifest(Path(args.path), root)
+    result = audit(items, root, args.near_threshold, workers=args.workers or None, progress=sys.stderr.isatty())
+    summary = result.summary(args.min_class_items)
+    for key, value in summary.items():
+        print(f"{key:>24}: {', '.join(value) if isinstance(value, list) else value}")
+    for row in result.items[result.items.status != "ok"].itertuples():
+        print(f"  {row.path}: {row.status}")
+    if args.out:
+        from .iorw import atomic_write_text
+        atomic_write_text(Path(args.out), result.items.to_csv(index=False))
+        print(f"stagebook: audit table written to {args.out}")
+
+
+def _seal(args) -> None:
+    from .data import _load
+    from .project import find_root
+    from .seal import write_seal
+
+    root = find_root()
+    seal = write_seal(root, _load(root, usable_only=False), reason=args.reason)
+    print(f"stagebook: sealed {seal['count']} test items as {seal['list_hash'][:16]} (logged in the ledger)")
+
+
+def _ledger(args) -> int:
+    from .project import find_root
+    from .seal import Ledger
+
+    ledger = Ledger(find_root())
+    for e in ledger.entries():
+        detail = ", ".join(f"{k}={str(v)[:16] if k == 'list_hash' else v}" for k, v in e.get("detail", {}).items() if k != "predictions_sha256")
+        print(f"{e.get('seq', '?'):>4} {e.get('time', '')} {e.get('event', ''):<6} {e.get('stage', '') or '-':<16}"
+              f" model {e.get('model_sha256', '')[:12] or '-':<12} commit {e.get('commit', '')[:10] or '-':<10} {detail}")
+    ok, message = ledger.verify()
+    print(("stagebook: " if ok else "stagebook: error: ") + message, file=sys.stdout if ok else sys.stderr)
+    return 0 if ok else 1
+
+
 def parser() -> argparse.ArgumentParser:
     top = argparse.ArgumentParser(prog="stagebook", description="Run and track the stage notebooks of a stagebook project.")
     top.add_argument("--version", action="version", version=f"stagebook {__version__}")
@@ -53,6 +95,19 @@ def parser() -> argparse.ArgumentParser:
     embed.add_argument("--per-class", type=int, default=0, help="keep only the first N images of each class")
     embed.set_defaults(func=_embed_digits)
 
+    audit = sub.add_parser("audit", help="decode a folder or CSV manifest: quarantine, conversions, duplicates")
+    audit.add_argument("path", help="image folder (one sub-folder per class) or CSV with path,label")
+    audit.add_argument("--near-threshold", type=float, default=0.01, help="1 - correlation below which images are near copies")
+    audit.add_argument("--min-class-items", type=int, default=5, help="classes with fewer usable items are reported")
+    audit.add_argument("--workers", type=int, default=0, help="decoding processes (0: all cores)")
+    audit.add_argument("--out", help="also write the per-item audit table to this CSV")
+    audit.set_defaults(func=_audit)
+
+    seal = sub.add_parser("seal", help="seal the current test split (hashes of every item, logged in the ledger)")
+    seal.add_argument("--reason", default="stagebook seal", help="why, for the ledger")
+    seal.set_defaults(func=_seal)
+    sub.add_parser("ledger", help="print the test-set ledger and verify its hash chain").set_defaults(func=_ledger)
+
     sub.add_parser("stages", help="list the project's stages in order").set_defaults(func=_stages)
     sub.add_parser("lineage", help="print the current code commit, data version and model hash").set_defaults(func=_lineage)
     return top
@@ -61,14 +116,14 @@ def parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     try:
-        args.func(args)
+        code = args.func(args)
     except StagebookError as err:
         print(f"stagebook: error: {err}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print("stagebook: interrupted", file=sys.stderr)
         return 130
-    return 0
+    return code or 0
 
 
 if __name__ == "__main__":

@@ -52,6 +52,7 @@ def run_stage(ref: str, overrides: list[str] = (), root: Path | None = None, tra
     root = (root or find_root()).resolve()
     stage = resolve_stage(root, ref)
     defaults = load_params(stage.params_file)
+    _check_params_match_notebook(stage, defaults)
     params = {**defaults, **parse_overrides(list(overrides), defaults, stage.params_file)}
     lineage = lineage_mod.compute(root, params_hash(params))
 
@@ -102,6 +103,34 @@ def run_stage(ref: str, overrides: list[str] = (), root: Path | None = None, tra
     return RunResult(stage, params, metrics, lineage, run_id)
 
 
+def _check_params_match_notebook(stage: Stage, params: dict) -> None:
+    "The params file and the notebook's `parameters` cell must name the same variables: a typo never passes silently."
+    import ast
+
+    import nbformat
+
+    if not stage.notebook.is_file():
+        raise StagebookError(f"{stage.notebook}: notebook missing; restore it (git checkout -- {stage.notebook}).")
+    cells = [c for c in nbformat.read(stage.notebook, as_version=4).cells
+             if "parameters" in c.get("metadata", {}).get("tags", [])]
+    if len(cells) != 1:
+        raise StagebookError(f"{stage.notebook}: needs exactly one cell tagged 'parameters' (found {len(cells)});"
+                             " tag the cell holding the defaults in JupyterLab's property inspector.")
+    try:
+        tree = ast.parse(cells[0].source)
+    except SyntaxError as err:
+        raise StagebookError(f"{stage.notebook}: the parameters cell is not valid Python (line {err.lineno}).") from None
+    names = {t.id for node in tree.body if isinstance(node, (ast.Assign, ast.AnnAssign))
+             for t in (node.targets if isinstance(node, ast.Assign) else [node.target]) if isinstance(t, ast.Name)}
+    unknown, absent = sorted(set(params) - names), sorted(names - set(params))
+    if unknown:
+        raise StagebookError(f"{stage.params_file}: unknown key(s) {unknown}: the notebook's parameters cell defines"
+                             f" {sorted(names)}; fix the spelling, or add the variable to the cell.")
+    if absent:
+        raise StagebookError(f"{stage.params_file}: lacks {absent}, which the notebook's parameters cell defines;"
+                             " add them so the run (and DVC) records every parameter.")
+
+
 def _first_line(err: BaseException) -> str:
     text = str(err).strip()
     return text.splitlines()[0] if text else "(no message)"
@@ -111,8 +140,6 @@ def _execute(stage: Stage, executed: Path, params: dict, root: Path, log_output:
     import papermill as pm
     from papermill.exceptions import PapermillExecutionError
 
-    if not stage.notebook.is_file():
-        raise StagebookError(f"{stage.notebook}: notebook missing; restore it (git checkout -- {stage.notebook}).")
     try:
         pm.execute_notebook(str(stage.notebook), str(executed), parameters=params, cwd=str(root),
                             progress_bar=False, log_output=log_output, kernel_name="python3",
