@@ -1,9 +1,11 @@
 """The whole template pipeline, through `dvc repro`, on a small subset of the embedded digits (about 2-3 minutes)."""
+import json
 import os
 import shutil
 import subprocess
 from pathlib import Path
 
+import pandas as pd
 import pytest
 import yaml
 from mlflow.tracking import MlflowClient
@@ -23,10 +25,14 @@ def _set_params(root: Path, stage: str, **values):
     path.write_text(yaml.safe_dump(params, sort_keys=False))
 
 
-def _dvc_repro(root: Path) -> str:
+def _dvc_repro(root: Path, ok: bool = True) -> str:
     done = subprocess.run(["dvc", "repro"], cwd=root, capture_output=True, text=True, env={**os.environ, "DVC_NO_ANALYTICS": "1"})
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    return done.stdout
+    assert (done.returncode == 0) == ok, done.stdout[-3000:] + done.stderr[-3000:]
+    return done.stdout + done.stderr
+
+
+def _stagebook(root: Path, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(["stagebook", *args], cwd=root, capture_output=True, text=True)
 
 
 def _runs(root: Path) -> list:
@@ -69,16 +75,26 @@ def test_first_repro_runs_every_stage_once_with_lineage(pipeline: Path):
     assert (pipeline / "dvc.lock").is_file()
 
 
+def _pdf_text(pdf: Path) -> str:
+    return subprocess.run(["pdftotext", "-layout", str(pdf), "-"], capture_output=True, text=True, check=True).stdout
+
+
 def test_outputs_and_deliverables(pipeline: Path):
     assert len(list((pipeline / "data/raw/digits").glob("*/*.png"))) == 150
-    assert "Items: 150 (150 usable, 0 quarantined); classes: 10." in (pipeline / "data_doc.md").read_text()
+    doc = (pipeline / "data_doc.md").read_text()
+    assert "150 items, 150 usable, 0 quarantined" in doc and "0 duplicate clusters or groups straddle" in doc
     assert (pipeline / "models/model.pth").is_file()
-    text = subprocess.run(["pdftotext", "-layout", str(pipeline / "reports/06_sealed_test.pdf"), "-"],
-                          capture_output=True, text=True, check=True).stdout
+    text = _pdf_text(pipeline / "reports/06_sealed_test.pdf")
     for words in ("Lineage", "Code commit", "Data version", "Params hash", "Model sha256", "Test accuracy",
                   "Latency per item", "Confusion matrix", "Per-class results", "precision"):
         assert words in text, words
     assert (pipeline / "reports/06_sealed_test/figures/confusion_matrix.png").is_file()
+    data_doc = _pdf_text(pipeline / "reports/01_data_document.pdf")
+    for words in ("Data document", "Motivation", "Labelling process", "Generated statistics", "test set sealed as",
+                  "Cross-split leakage", "Quarantined (0)"):
+        assert words in data_doc, words
+    ok = _stagebook(pipeline, "ledger")
+    assert ok.returncode == 0 and "chain intact, 3 entries" in ok.stdout  # seal, read, result
 
 
 def test_second_repro_runs_nothing(pipeline: Path):
@@ -92,5 +108,28 @@ def test_a_stage_05_param_reruns_05_and_06_only(pipeline: Path):
     before = len(_runs(pipeline))
     _set_params(pipeline, "05_error_analysis", top_losses=5)
     _dvc_repro(pipeline)
-    new = [r.data.tags["stagebook.stage"] for r in _runs(pipeline)[before:]]
-    assert new == ["05_error_analysis", "06_sealed_test"]
+    new = _runs(pipeline)[before:]
+    assert [r.data.tags["stagebook.stage"] for r in new] == ["05_error_analysis", "06_sealed_test"]
+    assert new[-1].data.metrics["reused_result"] == 1, "the same model must not read the test set twice"
+
+
+def test_new_data_moves_no_item_and_new_test_items_need_an_explicit_seal(pipeline: Path):
+    before = pd.read_csv(pipeline / "data/splits.csv", dtype=str, keep_default_na=False).set_index("path").split
+    _set_params(pipeline, "embed_digits", per_class=17)  # about 10% more images arrive
+    out = _dvc_repro(pipeline, ok=False)
+    assert "no longer matches its seal" in out and "added" in out, out[-2000:]
+    after = pd.read_csv(pipeline / "data/splits.csv", dtype=str, keep_default_na=False).set_index("path").split
+    assert len(after) == 170 and (after.reindex(before.index) == before).all()
+    sealed = _stagebook(pipeline, "seal", "--reason", "20 new images")
+    assert sealed.returncode == 0, sealed.stderr
+    _dvc_repro(pipeline)
+    assert _runs(pipeline)[-1].data.tags["stagebook.stage"] == "06_sealed_test"
+
+
+def test_a_changed_byte_in_a_sealed_image_stops_stage_06_with_its_name(pipeline: Path):
+    victim = sorted(json.loads((pipeline / "data/test.seal.json").read_text())["items"])[0]
+    data = bytearray((pipeline / victim).read_bytes())
+    data[-6] ^= 0x01
+    (pipeline / victim).write_bytes(bytes(data))
+    done = _stagebook(pipeline, "run", "06", "--no-track")
+    assert done.returncode == 1 and f"changed 1: {victim}" in done.stderr and "Traceback" not in done.stderr

@@ -101,3 +101,38 @@ def test_a_stagebook_error_in_a_notebook_is_shown_as_its_own_message(project: Pa
     assert str(err.value).startswith("stage 00_page failed in cell 2 of nbs/00_page.ipynb: ")
     assert "project_page.md: front matter lacks 'primary_metric'; add `primary_metric:`" in str(err.value)
     assert "StagebookError" not in str(err.value)
+
+
+@pytest.mark.parametrize("params, message", [
+    ("scale: 2\nfail: false\nscael: 3\n", r"unknown key\(s\) \['scael'\]: the notebook's parameters cell defines \['fail', 'scale'\]"),
+    ("scale: 2\n", r"lacks \['fail'\], which the notebook's parameters cell defines"),
+])
+def test_params_file_and_parameters_cell_must_agree(toy_stage: Path, params: str, message: str):
+    (toy_stage / "params" / "01_toy.yaml").write_text(params)
+    with pytest.raises(StagebookError, match=message):
+        run_stage("01", root=toy_stage, track=False)
+
+
+def test_cli_audit_seal_and_ledger(project: Path):
+    from stagebook.embedded import write_digits
+    from stagebook.split import split_assignments
+    from stagebook.audit import audit
+    from stagebook.manifest import build_manifest
+
+    stagebook = Path(sys.executable).parent / "stagebook"
+    write_digits(project / "data" / "raw", per_class=4)
+    (project / "data" / "raw" / "3" / "broken.png").write_bytes(b"")
+    done = subprocess.run([str(stagebook), "audit", "data/raw", "--workers", "1"], cwd=project, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert "quarantined: 1" in done.stdout and "data/raw/3/broken.png: quarantined: zero-byte file" in done.stdout
+
+    items = audit(build_manifest("data/raw", project), project, 0.01, workers=1, progress=False).items
+    split_assignments(items, {"train": 0.5, "valid": 0.25, "test": 0.25}, 0).to_csv(project / "data" / "splits.csv", index=False)
+    done = subprocess.run([str(stagebook), "seal", "--reason", "test"], cwd=project, capture_output=True, text=True)
+    assert done.returncode == 0 and done.stdout.startswith("stagebook: sealed 10 test items as "), done.stdout + done.stderr
+    done = subprocess.run([str(stagebook), "ledger"], cwd=project, capture_output=True, text=True)
+    assert done.returncode == 0 and "seal" in done.stdout and "chain intact, 1 entries" in done.stdout
+    ledger = project / "data" / "test_ledger.jsonl"
+    ledger.write_text(ledger.read_text().replace('"test"', '"edited"'))
+    done = subprocess.run([str(stagebook), "ledger"], cwd=project, capture_output=True, text=True)
+    assert done.returncode == 1 and "stagebook: error:" in done.stderr and "chain broken at line 1" in done.stderr
