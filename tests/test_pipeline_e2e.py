@@ -115,12 +115,14 @@ def test_a_stage_05_param_reruns_05_and_06_only(pipeline: Path):
 
 def test_new_data_moves_no_item_and_new_test_items_need_an_explicit_seal(pipeline: Path):
     before = pd.read_csv(pipeline / "data/splits.csv", dtype=str, keep_default_na=False).set_index("path").split
-    _set_params(pipeline, "embed_digits", per_class=17)  # about 10% more images arrive
+    _set_params(pipeline, "embed_digits", per_class=20)  # 50 more images arrive
     out = _dvc_repro(pipeline, ok=False)
-    assert "no longer matches its seal" in out and "added" in out, out[-2000:]
     after = pd.read_csv(pipeline / "data/splits.csv", dtype=str, keep_default_na=False).set_index("path").split
-    assert len(after) == 170 and (after.reindex(before.index) == before).all()
-    sealed = _stagebook(pipeline, "seal", "--reason", "20 new images")
+    assert len(after) == 200 and (after.reindex(before.index) == before).all(), "no placed item may move"
+    added_to_test = sorted(set(after[after == "test"].index) - set(before.index))
+    assert added_to_test, "the class-balanced placement should put some of 50 new items into test"
+    assert f"no longer matches its seal (added {len(added_to_test)}: {added_to_test[0]}" in out, out[-2000:]
+    sealed = _stagebook(pipeline, "seal", "--reason", "50 new images")
     assert sealed.returncode == 0, sealed.stderr
     _dvc_repro(pipeline)
     assert _runs(pipeline)[-1].data.tags["stagebook.stage"] == "06_sealed_test"
