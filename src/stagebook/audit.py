@@ -4,9 +4,10 @@ Quarantine is a list, never a move: the files stay where they are and the manife
 Duplicates come in three kinds, all joined into clusters that the split keeps together:
 - exact: the same bytes (sha256);
 - same pixels: the same decoded image in another file format or with other metadata;
-- near: a shifted, noisy, re-encoded or resized copy. Candidates come from a nearest-neighbour index over small
-  normalised thumbnails (probed with shifted thumbnails too), so no all-pairs comparison is made; each candidate is
-  then verified by the best correlation over small shifts at two scales, and accepted below `near_threshold`.
+- near: a shifted, noisy, re-encoded or resized copy. Candidates come from an approximate nearest-neighbour index
+  (faiss HNSW) over small normalised thumbnails, probed with shifted thumbnails too, so no all-pairs comparison is
+  made; each candidate is then verified by the best correlation over small shifts at two scales (8 and 16 pixels:
+  the small one forgives shifts, the large one resizing) and accepted at or below `near_threshold`.
 """
 from __future__ import annotations
 
@@ -24,6 +25,7 @@ from .errors import StagebookError
 
 SCALES = (8, 16)          # thumbnail sides compared; the best scale decides (shift-robust small, resize-robust large)
 MAX_SHIFT = {8: 1, 16: 2}  # pixels of shift searched at each scale
+HNSW_LINKS = 16           # graph degree of the nearest-neighbour index
 PROBE_SHIFTS = [(dx, dy) for dy in (-1, 0, 1) for dx in (-1, 0, 1)]
 Image.MAX_IMAGE_PIXELS = 50_000_000  # a decompression bomb is quarantined, not decoded
 
@@ -159,19 +161,25 @@ def _shifted(thumbs: np.ndarray, dx: int, dy: int) -> np.ndarray:
 
 
 def candidate_pairs(thumbs: np.ndarray, neighbours: int, within: float) -> np.ndarray:
-    "Pairs (i < j) worth verifying: nearest neighbours of each item and of its shifted probes, 1 - corr <= `within`."
-    from sklearn.neighbors import NearestNeighbors
+    """Pairs (i < j) worth verifying: approximate nearest neighbours (an HNSW graph index, so no all-pairs comparison)
+    of each item and of its shifted probes, kept when 1 - correlation <= `within`."""
+    import faiss
 
     n = len(thumbs)
     if n < 2:
         return np.empty((0, 2), dtype=np.int64)
     k = min(neighbours + 1, n)
-    index = NearestNeighbors(n_neighbors=k).fit(_normalise(thumbs))
+    points = np.ascontiguousarray(_normalise(thumbs))
+    faiss.omp_set_num_threads(1)  # a graph built by one thread is the same graph every run: reproducible clusters
+    index = faiss.IndexHNSWFlat(points.shape[1], HNSW_LINKS)
+    index.hnsw.efSearch = max(64, 4 * k)
+    index.add(points)
+    faiss.omp_set_num_threads(os.cpu_count() or 1)  # searching a fixed graph is deterministic in any thread count
     found = []
     for dx, dy in PROBE_SHIFTS:
-        probe = thumbs if (dx, dy) == (0, 0) else _shifted(thumbs, dx, dy)
-        distance, nearest = index.kneighbors(_normalise(probe))
-        close = (distance.ravel() ** 2) / 2 <= within  # unit vectors: |a - b|^2 = 2 (1 - corr)
+        probe = points if (dx, dy) == (0, 0) else np.ascontiguousarray(_normalise(_shifted(thumbs, dx, dy)))
+        squared, nearest = index.search(probe, k)
+        close = (nearest.ravel() >= 0) & (squared.ravel() / 2 <= within)  # unit vectors: |a - b|^2 = 2 (1 - corr)
         rows = np.repeat(np.arange(n), k)
         found.append(np.stack([rows[close], nearest.ravel()[close]], axis=1))
     pairs = np.concatenate(found)
@@ -201,13 +209,19 @@ def shift_distance(a: np.ndarray, b: np.ndarray, max_shift: int) -> np.ndarray:
 def near_duplicate_pairs(thumbs_by_scale: dict[int, np.ndarray], threshold: float, neighbours: int = 8,
                          batch: int = 50_000) -> pd.DataFrame:
     "Verified near-duplicate pairs (i, j, distance): distance is the best over scales of `shift_distance`."
-    # A resized or noisy copy can sit well past `threshold` at the small scale; verification decides.
-    pairs = candidate_pairs(thumbs_by_scale[SCALES[0]], neighbours, within=max(0.1, 5 * threshold))
+    # Copies sit within a few times `threshold` of a shifted probe at the small scale (resized ones furthest).
+    within = max(0.04, 4 * threshold)
+    pairs = candidate_pairs(thumbs_by_scale[SCALES[0]], neighbours, within)
+    small, large = SCALES
     keep = []
     for start in range(0, len(pairs), batch):
         part = pairs[start:start + batch]
-        dist = np.min([shift_distance(thumbs_by_scale[s][part[:, 0]], thumbs_by_scale[s][part[:, 1]], MAX_SHIFT[s])
-                       for s in SCALES], axis=0)
+        dist = shift_distance(thumbs_by_scale[small][part[:, 0]], thumbs_by_scale[small][part[:, 1]], MAX_SHIFT[small])
+        undecided = np.flatnonzero((dist > threshold) & (dist <= within))  # only these need the costlier scale
+        if len(undecided):
+            sub = part[undecided]
+            dist[undecided] = np.minimum(dist[undecided], shift_distance(
+                thumbs_by_scale[large][sub[:, 0]], thumbs_by_scale[large][sub[:, 1]], MAX_SHIFT[large]))
         ok = dist <= threshold
         keep.append(pd.DataFrame({"i": part[ok, 0], "j": part[ok, 1], "distance": dist[ok]}))
     return pd.concat(keep, ignore_index=True) if keep else pd.DataFrame(columns=["i", "j", "distance"])

@@ -38,19 +38,6 @@ def check_proportions(proportions: dict, where: str) -> dict[str, float]:
     return values
 
 
-def unit_interval(key: str, seed: int) -> float:
-    "A uniform number in [0, 1) that depends only on (`seed`, `key`)."
-    digest = hashlib.sha256(f"{seed}:{key}".encode()).digest()
-    return int.from_bytes(digest[:8], "big") / 2**64
-
-
-def split_of(u, proportions: dict[str, float]):
-    "'train' / 'valid' / 'test' for uniform number(s) `u`."
-    edge_train = proportions["train"]
-    edge_valid = edge_train + proportions["valid"]
-    return np.where(np.asarray(u) < edge_train, "train", np.where(np.asarray(u) < edge_valid, "valid", "test"))
-
-
 def split_units(items: pd.DataFrame) -> pd.Series:
     "The key of the unit each row belongs to: rows sharing a declared group or a duplicate cluster share a unit."
     from .audit import _same_value_edges, connected_clusters
@@ -107,24 +94,46 @@ def _place_new_units(out: pd.DataFrame, proportions: dict[str, float], seed: int
     if not len(rows):
         return pd.Series(dtype=object)
     code, keys = pd.factorize(out.unit.to_numpy()[rows])
-    frame = pd.DataFrame({"unit": code, "label": label[rows], "usable": usable[rows].astype(np.int64)})
-    majority = (frame.groupby(["unit", "label"]).size().rename("n").reset_index()
-                .sort_values(["unit", "n", "label"], ascending=[True, False, True]).drop_duplicates("unit")
-                .set_index("unit").label.sort_index())  # a unit's class: its most common label, ties to the smallest
-    size = frame.groupby("unit").usable.sum().sort_index().to_numpy()
-    order = np.array([int.from_bytes(hashlib.sha256(f"{seed}:{k}".encode()).digest()[:8], "big") for k in keys], dtype=np.uint64)
-    units = pd.DataFrame({"label": majority.to_numpy(), "size": size, "order": order}).sort_values(["label", "order"])
+    label_code, classes = pd.factorize(label[rows], sort=True)
+    size = np.bincount(code, weights=usable[rows], minlength=len(keys)).astype(np.int64)
+    unit_label = np.full(len(keys), np.iinfo(np.int64).max)
+    np.minimum.at(unit_label, code, label_code)
+    mixed = np.zeros(len(keys), bool)
+    mixed[code[label_code != unit_label[code]]] = True
+    if mixed.any():  # a unit whose items carry several labels takes its most common one, ties to the smallest
+        sub = pd.DataFrame({"unit": code, "label": label_code})[mixed[code]]
+        top = (sub.groupby(["unit", "label"]).size().rename("n").reset_index()
+               .sort_values(["unit", "n", "label"], ascending=[True, False, True]).drop_duplicates("unit"))
+        unit_label[top.unit.to_numpy()] = top.label.to_numpy()
+    order = unit_order(np.asarray(keys, dtype=object), seed)
+    units = pd.DataFrame({"label": np.asarray(classes, dtype=object)[unit_label], "size": size, "order": order}
+                         ).sort_values(["label", "order"])
     targets = [proportions[s] for s in SPLITS]
     chosen = np.empty(len(keys), dtype=np.int8)
+    t0, t1, t2 = targets
     for cls, block in units.groupby("label", sort=True):
-        have = list(counts.get(cls, [0, 0, 0]))
-        for unit, n in zip(block.index.to_numpy().tolist(), block["size"].to_numpy().tolist()):
-            total = have[0] + have[1] + have[2] + max(n, 1)
-            deficits = [targets[0] * total - have[0], targets[1] * total - have[1], targets[2] * total - have[2]]
-            best = deficits.index(max(deficits))
-            have[best] += n
-            chosen[unit] = best
+        h0, h1, h2 = counts.get(cls, [0, 0, 0])
+        picks = []
+        for n in block["size"].to_numpy().tolist():  # the split furthest below its share takes the unit
+            total = h0 + h1 + h2 + (n if n > 0 else 1)
+            d0, d1, d2 = t0 * total - h0, t1 * total - h1, t2 * total - h2
+            if d0 >= d1 and d0 >= d2:
+                h0 += n
+                picks.append(0)
+            elif d1 >= d2:
+                h1 += n
+                picks.append(1)
+            else:
+                h2 += n
+                picks.append(2)
+        chosen[block.index.to_numpy()] = picks
     return pd.Series(np.asarray(SPLITS, dtype=object)[chosen[code]], index=out.index[rows])
+
+
+def unit_order(keys: np.ndarray, seed: int) -> np.ndarray:
+    "A seeded, order-free 64-bit hash per key (SipHash via pandas, keyed by the seed): the order units are placed in."
+    hash_key = hashlib.sha256(f"stagebook-split:{seed}".encode()).hexdigest()[:16]
+    return pd.util.hash_array(keys, hash_key=hash_key, categorize=False)
 
 
 def straddling_clusters(splits: pd.DataFrame) -> int:
