@@ -144,6 +144,7 @@ class SealedTestSet:
     def __init__(self, root: Path | None = None):
         self.root = (root or find_root()).resolve()
         self.ledger = Ledger(self.root)
+        self._verified: dict | None = None  # hashing every test file once per run is enough
 
     def _guard(self) -> None:
         from .stage import context
@@ -154,6 +155,8 @@ class SealedTestSet:
 
     def verify(self, splits: pd.DataFrame) -> dict:
         "The seal, after checking every sealed item against its file; raises listing what changed."
+        if self._verified is not None:
+            return self._verified
         seal = read_seal(self.root)
         if seal is None:
             raise StagebookError(f"{seal_path(self.root)}: no seal; run stage 01 (which seals a new split) or `stagebook seal`.")
@@ -163,6 +166,7 @@ class SealedTestSet:
                      for kind, paths in diff.items() if paths]
             raise StagebookError(f"{seal_path(self.root)}: the test set no longer matches its seal ({'; '.join(parts)});"
                                  " restore the data, or accept the new test set with `stagebook seal` (logged).")
+        self._verified = seal
         return seal
 
     def read(self, model_sha256: str) -> pd.DataFrame:
