@@ -135,3 +135,12 @@ def test_a_changed_byte_in_a_sealed_image_stops_stage_06_with_its_name(pipeline:
     (pipeline / victim).write_bytes(bytes(data))
     done = _stagebook(pipeline, "run", "06", "--no-track")
     assert done.returncode == 1 and f"changed 1: {victim}" in done.stderr and "Traceback" not in done.stderr
+
+
+def test_a_bad_manifest_stops_stage_01_in_one_line_and_loses_nothing(pipeline: Path):
+    splits, doc = (pipeline / "data/splits.csv").read_bytes(), (pipeline / "data_doc.md").read_bytes()
+    (pipeline / "data/list.csv").write_text("path,label\nraw/digits/0/digit_0000.png,0\nraw/digits/0/nope.png,0\n")
+    done = _stagebook(pipeline, "run", "01", "--set", "source=data/list.csv")
+    assert done.returncode == 1 and "Traceback" not in done.stderr
+    assert "list.csv: row 3 names 'raw/digits/0/nope.png', which does not exist" in done.stderr
+    assert (pipeline / "data/splits.csv").read_bytes() == splits and (pipeline / "data_doc.md").read_bytes() == doc
