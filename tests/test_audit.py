@@ -1,7 +1,6 @@
 """The audit on real files: every kind of broken file quarantined with its reason, conversions counted, and
 duplicates (exact, same pixels, near) clustered without chaining distinct images together."""
 import io
-import shutil
 from pathlib import Path
 
 import numpy as np

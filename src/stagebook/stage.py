@@ -86,11 +86,6 @@ def log_metric(key: str, value) -> None:
     log_metrics({key: value})
 
 
-def recorded_metrics() -> dict:
-    path = _metrics_path()
-    return json.loads(path.read_text()) if path.is_file() else {}
-
-
 def log_figure(fig, name: str) -> Path:
     "Save a matplotlib figure as `figures/<name>.png` of this run (for MLflow and the stage's PDF)."
     path = context().run_dir / "figures" / f"{Path(name).stem}.png"
