@@ -12,6 +12,7 @@ Duplicates come in three kinds, all joined into clusters that the split keeps to
 from __future__ import annotations
 
 import hashlib
+import io
 import os
 from dataclasses import dataclass, field
 from multiprocessing import get_context
@@ -85,7 +86,7 @@ def inspect_image(path: str) -> Inspection:
         found.status = "quarantined: zero-byte file"
         return found
     try:
-        with Image.open(path) as img:
+        with Image.open(io.BytesIO(data)) as img:  # decode the bytes already read for hashing
             img.load()
             found.width, found.height = img.size
             std, found.converted = _to_standard_mode(img)
@@ -237,7 +238,7 @@ def connected_clusters(n: int, edges: list[np.ndarray]) -> np.ndarray:
     return connected_components(graph, directed=False)[1]
 
 
-def _same_value_edges(values: pd.Series) -> np.ndarray:
+def same_value_edges(values: pd.Series) -> np.ndarray:
     "Edges chaining together the items that share a (non-empty) value."
     frame = pd.DataFrame({"v": values.values, "i": np.arange(len(values))})
     frame = frame[frame.v.astype(str) != ""]
@@ -290,7 +291,7 @@ def audit(manifest: pd.DataFrame, root: Path, near_threshold: float, neighbours:
         thumbs = {s: np.stack([found[i].thumbs[s] for i in ok]) for s in SCALES}
         local = near_duplicate_pairs(thumbs, near_threshold, neighbours)
         near = pd.DataFrame({"i": ok[local.i.astype(int)], "j": ok[local.j.astype(int)], "distance": local.distance})
-    edges = [_same_value_edges(items.sha256), _same_value_edges(items.pixel_sha256),
+    edges = [same_value_edges(items.sha256), same_value_edges(items.pixel_sha256),
              near[["i", "j"]].to_numpy(dtype=np.int64)]
     items["cluster"] = stable_cluster_ids(connected_clusters(len(items), edges), items.sha256)
     return AuditResult(items, near)

@@ -55,12 +55,12 @@ def _audit(args) -> None:
 
 
 def _seal(args) -> None:
-    from .data import _load
+    from .data import load_splits
     from .project import find_root
     from .seal import write_seal
 
     root = find_root()
-    seal = write_seal(root, _load(root, usable_only=False), reason=args.reason)
+    seal = write_seal(root, load_splits(root, usable_only=False), reason=args.reason)
     print(f"stagebook: sealed {seal['count']} test items as {seal['list_hash'][:16]} (logged in the ledger)")
 
 

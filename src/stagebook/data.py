@@ -19,11 +19,12 @@ def read_split(split: str, root: Path | None = None) -> pd.DataFrame:
         from .lineage import current
         from .seal import SealedTestSet
         return SealedTestSet(root).read(current().get("model_sha256", ""))
-    table = _load(root)
+    table = load_splits(root)
     return table[table.split == split].reset_index(drop=True)
 
 
-def _load(root: Path | None, usable_only: bool = True) -> pd.DataFrame:
+def load_splits(root: Path | None = None, usable_only: bool = True) -> pd.DataFrame:
+    "The split manifest as text columns: usable rows only, or every row (quarantined and missing ones too)."
     root = root or find_root()
     path = root / settings(root)["splits_file"]
     if not path.is_file():

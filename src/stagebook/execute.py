@@ -111,13 +111,13 @@ def _check_params_match_notebook(stage: Stage, params: dict) -> None:
 
     if not stage.notebook.is_file():
         raise StagebookError(f"{stage.notebook}: notebook missing; restore it (git checkout -- {stage.notebook}).")
-    cells = [c for c in nbformat.read(stage.notebook, as_version=4).cells
-             if "parameters" in c.get("metadata", {}).get("tags", [])]
-    if len(cells) != 1:
-        raise StagebookError(f"{stage.notebook}: needs exactly one cell tagged 'parameters' (found {len(cells)});"
+    cells = nbformat.read(stage.notebook, as_version=4).cells
+    tagged = _parameters_cells(cells)
+    if len(tagged) != 1:
+        raise StagebookError(f"{stage.notebook}: needs exactly one cell tagged 'parameters' (found {len(tagged)});"
                              " tag the cell holding the defaults in JupyterLab's property inspector.")
     try:
-        tree = ast.parse(cells[0].source)
+        tree = ast.parse(cells[tagged[0]].source)
     except SyntaxError as err:
         raise StagebookError(f"{stage.notebook}: the parameters cell is not valid Python (line {err.lineno}).") from None
     names = {t.id for node in tree.body if isinstance(node, (ast.Assign, ast.AnnAssign))
@@ -154,12 +154,16 @@ def _execute(stage: Stage, executed: Path, params: dict, root: Path, log_output:
                           f" executed notebook kept at {kept.relative_to(root)}") from None
 
 
+def _parameters_cells(cells: list) -> list[int]:
+    "Indices of the cells tagged `parameters` (papermill's convention)."
+    return [i for i, c in enumerate(cells) if "parameters" in c.get("metadata", {}).get("tags", [])]
+
+
 def _source_cell_number(notebook: Path, executed_index: int) -> int:
     "1-based position, in the notebook people edit, of a cell papermill reports by its index in the executed copy."
     import nbformat
 
-    cells = nbformat.read(notebook, as_version=4).cells
-    tagged = [i for i, c in enumerate(cells) if "parameters" in c.get("metadata", {}).get("tags", [])]
+    tagged = _parameters_cells(nbformat.read(notebook, as_version=4).cells)
     injected_at = tagged[0] + 1 if tagged else 0  # papermill inserts its cell after `parameters`, else first
     return executed_index + (0 if executed_index < injected_at else -1) + 1
 

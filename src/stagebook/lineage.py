@@ -12,11 +12,10 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from . import __version__
-from .project import settings
+from .project import DATA_RECORDS, data_record, settings
 
 # Files the pipeline itself rewrites: a run that touched them has not changed the code.
 PIPELINE_WRITTEN = ("dvc.lock", "data_doc.md", "metrics")
-DATA_RECORDS = ("split_policy.json", "test.seal.json", "test_ledger.jsonl", "test_results")  # beside the splits file
 ENV_VAR = "STAGEBOOK_LINEAGE"
 
 
@@ -57,9 +56,8 @@ def _git(root: Path, *args: str) -> str | None:
 def code_state(root: Path) -> tuple[str, bool]:
     "HEAD's commit and whether tracked files differ from it (pipeline-written files excepted)."
     commit = _git(root, "rev-parse", "HEAD") or "uncommitted"
-    data = Path(settings(root)["splits_file"]).parent.as_posix()
-    written = [*PIPELINE_WRITTEN, *(f"{data}/{name}" for name in DATA_RECORDS)]
-    excludes = [f":(exclude){p}" for p in written]
+    records = [data_record(root, name).relative_to(root).as_posix() for name in DATA_RECORDS]
+    excludes = [f":(exclude){p}" for p in [*PIPELINE_WRITTEN, *records]]
     status = _git(root, "status", "--porcelain", "--untracked-files=no", "--", ".", *excludes)
     return commit, bool(status) if status is not None else True
 

@@ -16,6 +16,16 @@ DEFAULTS = {"experiment": "stagebook", "sealed_test_stage": "06_sealed_test",
             "splits_file": "data/splits.csv", "model_file": "models/model.pth"}
 
 
+# Records the pipeline keeps beside the split manifest (paths derive from `splits_file`); commit them with the project.
+DATA_RECORDS = {"split_policy": "split_policy.json", "seal": "test.seal.json", "ledger": "test_ledger.jsonl",
+                "test_results": "test_results"}
+
+
+def data_record(root: Path, name: str) -> Path:
+    "Where the data record `name` (a key of DATA_RECORDS) lives in this project."
+    return root / Path(settings(root)["splits_file"]).parent / DATA_RECORDS[name]
+
+
 def find_root(start: Path | str | None = None) -> Path:
     "The nearest folder, from `start` (or $STAGEBOOK_ROOT, or cwd) upwards, whose pyproject.toml has [tool.stagebook]."
     here = Path(start or os.environ.get("STAGEBOOK_ROOT") or Path.cwd()).resolve()

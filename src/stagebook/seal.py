@@ -21,21 +21,21 @@ import pandas as pd
 from .errors import StagebookError
 from .iorw import atomic_write_text
 from .lineage import file_sha256
-from .project import find_root, settings
+from .project import data_record, find_root, settings
 
 GENESIS = "0" * 64
 
 
 def seal_path(root: Path) -> Path:
-    return root / Path(settings(root)["splits_file"]).parent / "test.seal.json"
+    return data_record(root, "seal")
 
 
 def ledger_path(root: Path) -> Path:
-    return root / Path(settings(root)["splits_file"]).parent / "test_ledger.jsonl"
+    return data_record(root, "ledger")
 
 
 def results_dir(root: Path) -> Path:
-    return root / Path(settings(root)["splits_file"]).parent / "test_results"
+    return data_record(root, "test_results")
 
 
 def _list_hash(items: dict[str, dict]) -> str:
@@ -172,8 +172,8 @@ class SealedTestSet:
     def read(self, model_sha256: str) -> pd.DataFrame:
         "The usable test items, for `model_sha256`; verified against the seal and logged."
         self._guard()
-        from .data import _load
-        splits = _load(self.root, usable_only=False)
+        from .data import load_splits
+        splits = load_splits(self.root, usable_only=False)
         seal = self.verify(splits)
         rows = test_rows(splits).reset_index(drop=True)
         self.ledger.append("read", {"items": len(rows), "list_hash": seal["list_hash"]}, model_sha256)
@@ -182,8 +182,8 @@ class SealedTestSet:
     def recorded_predictions(self, model_sha256: str) -> pd.DataFrame | None:
         "Predictions this model already made on this seal (checked against their recorded hash), or None."
         self._guard()
-        from .data import _load
-        seal = self.verify(_load(self.root, usable_only=False))
+        from .data import load_splits
+        seal = self.verify(load_splits(self.root, usable_only=False))
         for entry in reversed(self.ledger.entries()):
             detail = entry.get("detail", {})
             if entry["event"] == "result" and entry["model_sha256"] == model_sha256 and detail.get("list_hash") == seal["list_hash"]:
