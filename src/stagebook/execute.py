@@ -8,6 +8,8 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import tempfile
+import threading
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -18,7 +20,7 @@ from .errors import StagebookError
 from .iorw import atomic_write_text, replace_tree
 from .params import load_params, params_hash, parse_overrides
 from .project import Stage, find_root, resolve_stage
-from .stage import RUN_DIR_VAR, STAGE_VAR
+from .stage import PARAMS_VAR, RUN_DIR_VAR, RUN_ID_FILE, STAGE_VAR, VARIANT_VAR
 
 
 class StageFailed(StagebookError):
@@ -47,8 +49,13 @@ def _environment(values: dict):
 
 
 def run_stage(ref: str, overrides: list[str] = (), root: Path | None = None, track: bool = True,
-              log_output: bool = False) -> RunResult:
-    "Execute stage `ref` (`04`, `04_tuning`) with its params file plus `key=value` overrides."
+              log_output: bool = False, variant_dir: Path | None = None, parent_run_id: str | None = None,
+              run_name: str | None = None) -> RunResult:
+    """Execute stage `ref` (`04`, `04_tuning`) with its params file plus `key=value` overrides.
+
+    With `variant_dir` (one variant of a sweep) everything the run writes stays in that folder: no report, and the
+    stage's own outputs, metrics and PDF are left alone. `parent_run_id` nests its MLflow run under the sweep's run.
+    """
     root = (root or find_root()).resolve()
     stage = resolve_stage(root, ref)
     defaults = load_params(stage.params_file)
@@ -56,7 +63,7 @@ def run_stage(ref: str, overrides: list[str] = (), root: Path | None = None, tra
     params = {**defaults, **parse_overrides(list(overrides), defaults, stage.params_file)}
     lineage = lineage_mod.compute(root, params_hash(params))
 
-    staging = root / "reports" / ".staging" / stage.name
+    staging = Path(variant_dir) if variant_dir else root / "reports" / ".staging" / stage.name
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir(parents=True)
     executed = staging / f"{stage.name}.ipynb"
@@ -64,17 +71,20 @@ def run_stage(ref: str, overrides: list[str] = (), root: Path | None = None, tra
     tracker = None
     if track:
         from .tracking import Tracker
-        tracker = Tracker(root, stage.name, params, lineage)
+        tracker = Tracker(root, stage.name, params, lineage, run_name=run_name)
         tracker.start_in_background()  # MLflow's start-up runs in its own process, beside the kernel
+        threading.Thread(target=_publish_run_id, args=(tracker, staging), daemon=True).start()
 
     env = {STAGE_VAR: stage.name, RUN_DIR_VAR: str(staging), "STAGEBOOK_ROOT": str(root),
-           lineage_mod.ENV_VAR: json.dumps(lineage.as_dict()),
+           lineage_mod.ENV_VAR: json.dumps(lineage.as_dict()), "STAGEBOOK_TRACKED": "1" if track else "",
+           PARAMS_VAR: json.dumps(params, default=str),
+           VARIANT_VAR: "1" if variant_dir else "",
            "PYDEVD_DISABLE_FILE_VALIDATION": "1"}  # silences a debugger warning every kernel prints
     try:
         with _environment(env):
             _execute(stage, executed, params, root, log_output)
             metrics = _read_metrics(staging)
-            if stage.report_template.is_file():
+            if stage.report_template.is_file() and not variant_dir:
                 from .report import render_pdf
                 context = {"stage": stage.name, "params": params, "metrics": metrics, "lineage": lineage.as_dict(),
                            "artifacts_dir": str(staging), "root": str(root),
@@ -82,12 +92,13 @@ def run_stage(ref: str, overrides: list[str] = (), root: Path | None = None, tra
                 render_pdf(stage.report_template, staging / "report.pdf", context, staging / "latex")
     except BaseException as err:
         failed = root / "reports" / ".failed" / f"{stage.name}.ipynb"
-        if executed.is_file():
+        if executed.is_file() and not variant_dir:
             failed.parent.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(executed, failed)
         if tracker is not None:
             try:
-                tracker.finish("KILLED" if isinstance(err, KeyboardInterrupt) else "FAILED", files=[failed])
+                tracker.finish("KILLED" if isinstance(err, KeyboardInterrupt) else "FAILED",
+                               files=[executed if variant_dir else failed], run_dir=staging, parent_run_id=parent_run_id)
             except StagebookError:
                 pass  # the stage's own failure is the message that matters
         if isinstance(err, StagebookError) or not isinstance(err, Exception):
@@ -95,12 +106,28 @@ def run_stage(ref: str, overrides: list[str] = (), root: Path | None = None, tra
         raise StageFailed(f"stage {stage.name} failed: {type(err).__name__}: {_first_line(err)}") from err
 
     run_id = tracker.wait_started() if tracker is not None else None  # a broken store stops us before promotion
-    _promote(stage, staging, metrics, lineage)
+    if variant_dir:
+        if tracker is not None:
+            tracker.finish("FINISHED", metrics, files=[executed, staging / "metrics.json"],
+                           folders=[staging / "figures", staging / "tables"], run_dir=staging, parent_run_id=parent_run_id)
+        return RunResult(stage, params, metrics, lineage, run_id)
+    _promote(stage, staging, metrics, lineage, root)
     if tracker is not None:
         tracker.finish("FINISHED", metrics, files=[stage.executed_notebook, stage.metrics_file, stage.report_pdf],
-                       folders=[stage.artifacts_dir / "figures", stage.artifacts_dir / "tables"])
+                       folders=[stage.artifacts_dir / "figures", stage.artifacts_dir / "tables"], run_dir=staging,
+                       parent_run_id=parent_run_id)
     shutil.rmtree(staging, ignore_errors=True)
     return RunResult(stage, params, metrics, lineage, run_id)
+
+
+def _publish_run_id(tracker, staging: Path) -> None:
+    "Write the run id where the notebook can read it (`stage.run_id()`), once MLflow has created the run."
+    try:
+        run_id = tracker.wait_started()
+    except StagebookError:
+        return  # reported by the runner itself
+    if staging.is_dir():
+        atomic_write_text(staging / RUN_ID_FILE, run_id)
 
 
 def _check_params_match_notebook(stage: Stage, params: dict) -> None:
@@ -174,7 +201,16 @@ def _local_kernel_manager():
 
     class LocalSocketKernelManager(AsyncKernelManager):
         def __init__(self, **kwargs):
-            super().__init__(transport="ipc", **kwargs)
+            # Each kernel's sockets in a private folder: with the default prefix in the working directory, kernels
+            # started at the same moment (a parallel sweep) raced for the same socket names and hung.
+            prefix = Path(tempfile.mkdtemp(prefix="stagebook-kernel-")) / "k"
+            super().__init__(transport="ipc", ip=str(prefix), **kwargs)
+            self._socket_dir = prefix.parent
+
+        async def _async_cleanup_resources(self, restart: bool = False) -> None:
+            await super()._async_cleanup_resources(restart)
+            if not restart:
+                shutil.rmtree(self._socket_dir, ignore_errors=True)
 
     return LocalSocketKernelManager
 
@@ -184,8 +220,14 @@ def _read_metrics(staging: Path) -> dict:
     return json.loads(path.read_text()) if path.is_file() else {}
 
 
-def _promote(stage: Stage, staging: Path, metrics: dict, lineage: lineage_mod.Lineage) -> None:
+def _promote(stage: Stage, staging: Path, metrics: dict, lineage: lineage_mod.Lineage, root: Path) -> None:
     "Move a successful run's outputs into place; each replacement is whole or not at all."
+    outputs = staging / "outputs"
+    if outputs.is_dir():  # files the notebook wrote through `stage.output_path`, e.g. models and checkpoints
+        for path in sorted(p for p in outputs.rglob("*") if p.is_file()):
+            target = root / path.relative_to(outputs)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(path, target)
     artifacts = staging / "artifacts"
     artifacts.mkdir()
     for name in ("figures", "tables"):

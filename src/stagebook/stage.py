@@ -11,13 +11,18 @@ import math
 import numbers
 import os
 import random
+import re
+import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from . import lineage as _lineage
 from .project import find_root
 
-STAGE_VAR, RUN_DIR_VAR = "STAGEBOOK_STAGE", "STAGEBOOK_RUN_DIR"
+STAGE_VAR, RUN_DIR_VAR, VARIANT_VAR = "STAGEBOOK_STAGE", "STAGEBOOK_RUN_DIR", "STAGEBOOK_VARIANT"
+PARAMS_VAR = "STAGEBOOK_PARAMS"  # the effective params of this run, so a notebook can start a sweep of itself
+RUN_ID_FILE = "mlflow_run_id"  # written by the runner once the stage's MLflow run exists
 
 
 @dataclass
@@ -31,6 +36,11 @@ class Context:
     def interactive(self) -> bool:
         "True when a person runs the notebook by hand rather than through `stagebook run`."
         return self.name is None
+
+    @property
+    def variant(self) -> bool:
+        "True inside one variant of a sweep (so a notebook does not start a sweep of its own)."
+        return bool(os.environ.get(VARIANT_VAR))
 
 
 def context() -> Context:
@@ -51,6 +61,17 @@ def init(seed: int | None = None) -> Context:
     return ctx
 
 
+def params() -> dict:
+    "The effective params of this run (params file plus overrides); run by hand, the stage's params file."
+    if os.environ.get(PARAMS_VAR):
+        return json.loads(os.environ[PARAMS_VAR])
+    ctx = context()
+    if ctx.interactive:
+        return {}
+    from .params import load_params
+    return load_params(ctx.root / "params" / f"{ctx.name}.yaml")
+
+
 def seed_everything(seed: int) -> None:
     "Python, NumPy and torch (if imported) from one seed."
     random.seed(seed)
@@ -64,13 +85,8 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def _metrics_path() -> Path:
-    return context().run_dir / "metrics.json"
-
-
-def log_metrics(values: dict) -> dict:
-    "Record numeric results of this stage; they become `metrics/NN_name.json` and MLflow metrics."
-    path = _metrics_path()
+def _merge_json(path: Path, values: dict) -> dict:
+    "Add finite numbers to the JSON mapping at `path` (created when missing); ints stay ints."
     recorded = json.loads(path.read_text()) if path.is_file() else {}
     for key, value in values.items():
         number = float(value)
@@ -82,8 +98,26 @@ def log_metrics(values: dict) -> dict:
     return recorded
 
 
+def _write_series(path: Path, key: str, values) -> None:
+    "One curve (e.g. loss per epoch): MLflow shows it as a metric with one step per value."
+    series = json.loads(path.read_text()) if path.is_file() else {}
+    series[key] = [float(v) for v in values]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(series))
+
+
+def log_metrics(values: dict) -> dict:
+    "Record numeric results of this stage; they become `metrics/NN_name.json` and MLflow metrics."
+    return _merge_json(context().run_dir / "metrics.json", values)
+
+
 def log_metric(key: str, value) -> None:
     log_metrics({key: value})
+
+
+def log_series(key: str, values) -> None:
+    "Record a curve (one value per epoch or step) on the stage's MLflow run."
+    _write_series(context().run_dir / "series.json", key, values)
 
 
 def log_figure(fig, name: str) -> Path:
@@ -100,3 +134,73 @@ def log_table(df, name: str) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     df.to_csv(path, index=False)
     return path
+
+
+def output_path(relative: str | Path) -> Path:
+    """Where to write a stage output that belongs at `relative` under the project root (e.g. `models/model.pth`).
+
+    The file is written into the run's staging folder and moved into place only when the whole stage succeeds, so
+    a failure half-way never leaves a new checkpoint beside an old model. Sweep variants keep theirs in their folder.
+    """
+    relative = Path(relative)
+    if relative.is_absolute() or ".." in relative.parts:
+        raise ValueError(f"output path {relative} must be relative to the project root, inside it")
+    path = context().run_dir / "outputs" / relative
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+@dataclass
+class ChildRun:
+    "A nested MLflow run inside the stage's run: one baseline model, one tuning phase. Written as files, logged by the runner."
+    name: str
+    dir: Path
+
+    def log_params(self, values: dict) -> None:
+        path = self.dir / "params.json"
+        params = json.loads(path.read_text()) if path.is_file() else {}
+        params.update({k: str(v) for k, v in values.items()})
+        path.write_text(json.dumps(params, indent=2, sort_keys=True))
+
+    def log_metrics(self, values: dict) -> dict:
+        return _merge_json(self.dir / "metrics.json", values)
+
+    def log_series(self, key: str, values) -> None:
+        _write_series(self.dir / "series.json", key, values)
+
+    def log_figure(self, fig, name: str) -> Path:
+        path = self.dir / "artifacts" / f"{Path(name).stem}.png"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fig.savefig(path, dpi=120, bbox_inches="tight")
+        return path
+
+
+@contextmanager
+def child_run(name: str, params: dict | None = None):
+    "`with stage.child_run('overfit_one_batch', params) as run:` records a nested run; an exception marks it FAILED."
+    children = context().run_dir / "children"
+    children.mkdir(parents=True, exist_ok=True)
+    slug = re.sub(r"[^A-Za-z0-9_.-]+", "_", name)
+    folder = children / f"{len(list(children.iterdir())):02d}_{slug}"
+    folder.mkdir()
+    run = ChildRun(name, folder)
+    (folder / "name").write_text(name)
+    run.log_params(params or {})
+    (folder / "status").write_text("RUNNING")
+    try:
+        yield run
+    except BaseException:
+        (folder / "status").write_text("FAILED")
+        raise
+    (folder / "status").write_text("FINISHED")
+
+
+def run_id(timeout: float = 60.0) -> str | None:
+    "This stage's MLflow run id (None when untracked or interactive); sweeps started here nest under it."
+    path = context().run_dir / RUN_ID_FILE
+    deadline = time.monotonic() + timeout
+    while not path.is_file():
+        if context().interactive or not os.environ.get("STAGEBOOK_TRACKED") or time.monotonic() > deadline:
+            return None
+        time.sleep(0.05)
+    return path.read_text().strip() or None

@@ -11,6 +11,7 @@ import logging
 import os
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -31,10 +32,11 @@ def tracking_uri(root: Path) -> str:
 class Tracker:
     "The runner's handle on one MLflow run: RUNNING from `start_in_background`, FINISHED or FAILED at `finish`."
 
-    def __init__(self, root: Path, stage: str, params: dict, lineage: Lineage):
-        self.root, self.stage, self.params, self.lineage = root, stage, params, lineage
+    def __init__(self, root: Path, stage: str, params: dict, lineage: Lineage, run_name: str | None = None):
+        self.root, self.stage, self.params, self.lineage, self.run_name = root, stage, params, lineage, run_name
         self.run_id: str | None = None
         self._proc: subprocess.Popen | None = None
+        self._lock = threading.Lock()  # the runner and its run-id thread may both wait for the start reply
 
     def start_in_background(self) -> None:
         env = {**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true", "GIT_PYTHON_REFRESH": "quiet",
@@ -42,18 +44,28 @@ class Tracker:
         self._proc = subprocess.Popen([sys.executable, "-m", "stagebook.tracking"], stdin=subprocess.PIPE,
                                       stdout=subprocess.PIPE, text=True, env=env)
         self._send({"op": "start", "root": str(self.root), "stage": self.stage, "params": self.params,
-                    "lineage": self.lineage.as_dict()})
+                    "lineage": self.lineage.as_dict(), "run_name": self.run_name})
 
     def wait_started(self) -> str:
         "The run's id once it exists; raises if the store could not be opened."
-        if self.run_id is None:
-            self.run_id = self._reply()["run_id"]
+        with self._lock:
+            if self.run_id is None:
+                self.run_id = self._reply()["run_id"]
         return self.run_id
 
-    def finish(self, status: str, metrics: dict | None = None, files: list[Path] = (), folders: list[Path] = ()) -> None:
-        "Log metrics and artifacts, then close the run with `status` (FINISHED, FAILED or KILLED)."
+    def finish(self, status: str, metrics: dict | None = None, files: list[Path] = (), folders: list[Path] = (),
+               run_dir: Path | None = None, parent_run_id: str | None = None) -> None:
+        """Log metrics, curves, nested child runs and artifacts, then close the run with `status`.
+
+        `run_dir` is the stage's staging folder: its `series.json` (curves) and `children/` (nested runs written by
+        `stage.child_run`) are logged too, even when the stage failed, so a failed phase shows beside those that passed.
+        """
         self.wait_started()
+        series = run_dir / "series.json" if run_dir else None
+        children = sorted(str(p) for p in (run_dir / "children").iterdir()) if run_dir and (run_dir / "children").is_dir() else []
         self._send({"op": "finish", "status": status, "metrics": metrics or {},
+                    "series": json.loads(series.read_text()) if series and series.is_file() else {},
+                    "children": children, "parent_run_id": parent_run_id,
                     "files": [str(p) for p in files if p.is_file()],
                     "folders": [str(p) for p in folders if p.is_dir() and any(p.iterdir())]})
         self._reply()
@@ -90,19 +102,57 @@ def _start(request: dict):
     lineage = Lineage(**request["lineage"])
     tags = {**lineage.as_tags(), "stagebook.stage": request["stage"], "mlflow.source.git.commit": lineage.code_commit,
             "mlflow.source.name": f"nbs/{request['stage']}.ipynb"}
-    run = client.create_run(experiment_id, run_name=request["stage"], tags=tags)
+    run = client.create_run(experiment_id, run_name=request.get("run_name") or request["stage"], tags=tags)
     params = [Param(k, str(v)[:6000]) for k, v in sorted(request["params"].items())]
     client.log_batch(run.info.run_id, params=params)
     return client, run.info.run_id
 
 
-def _finish(client, run_id: str, request: dict) -> None:
+def _metric_batch(metrics: dict, series: dict) -> list:
+    "Scalars at step 0, and each curve as one metric with a step per value (MLflow plots it per epoch)."
     from mlflow.entities import Metric
 
     now = int(time.time() * 1000)
-    metrics = [Metric(k, float(v), now, 0) for k, v in sorted(request["metrics"].items())]
-    if metrics:
-        client.log_batch(run_id, metrics=metrics)
+    batch = [Metric(k, float(v), now, 0) for k, v in sorted(metrics.items())]
+    batch += [Metric(k, float(v), now, step) for k, values in sorted(series.items()) for step, v in enumerate(values)]
+    return batch
+
+
+def _log_batches(client, run_id: str, metrics: list, params: list = ()) -> None:
+    "MLflow accepts at most 1,000 metrics per call."
+    if params:
+        client.log_batch(run_id, params=list(params))
+    for i in range(0, len(metrics), 1000):
+        client.log_batch(run_id, metrics=metrics[i:i + 1000])
+
+
+def _log_child(client, parent, folder: Path) -> None:
+    "One nested run written by `stage.child_run`: params, metrics, curves and its artifacts."
+    from mlflow.entities import Param
+
+    def read(name, default):
+        path = folder / name
+        return json.loads(path.read_text()) if path.is_file() else default
+
+    name = (folder / "name").read_text() if (folder / "name").is_file() else folder.name
+    tags = {k: v for k, v in parent.data.tags.items() if k.startswith("stagebook.") or k == "mlflow.source.git.commit"}
+    run = client.create_run(parent.info.experiment_id, run_name=name,
+                            tags={**tags, "mlflow.parentRunId": parent.info.run_id, "stagebook.child": name})
+    params = [Param(k, str(v)[:6000]) for k, v in sorted(read("params.json", {}).items())]
+    _log_batches(client, run.info.run_id, _metric_batch(read("metrics.json", {}), read("series.json", {})), params)
+    if (folder / "artifacts").is_dir():
+        client.log_artifacts(run.info.run_id, str(folder / "artifacts"))
+    status = (folder / "status").read_text().strip() if (folder / "status").is_file() else "FINISHED"
+    client.set_terminated(run.info.run_id, "FAILED" if status == "RUNNING" else status)
+
+
+def _finish(client, run_id: str, request: dict) -> None:
+    if request.get("parent_run_id"):
+        client.set_tag(run_id, "mlflow.parentRunId", request["parent_run_id"])
+    _log_batches(client, run_id, _metric_batch(request["metrics"], request.get("series", {})))
+    parent = client.get_run(run_id) if request.get("children") else None
+    for folder in request.get("children", []):
+        _log_child(client, parent, Path(folder))
     for path in request["files"]:
         client.log_artifact(run_id, path)
     for folder in request["folders"]:
