@@ -11,9 +11,30 @@ from .errors import StagebookError
 
 def _run(args) -> None:
     from .execute import run_stage
-    result = run_stage(args.stage, args.set or [], track=not args.no_track, log_output=args.log_output)
+    result = run_stage(args.stage, args.set or [], track=not args.no_track, log_output=args.log_output,
+                       variant_dir=Path(args.variant_dir) if args.variant_dir else None,
+                       parent_run_id=args.parent_run, run_name=args.run_name)
     shown = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in sorted(result.metrics.items()))
     print(f"stagebook: {result.stage.name} done{f' (MLflow run {result.run_id})' if result.run_id else ''}: {shown or 'no metrics'}")
+
+
+def _sweep(args) -> int:
+    from .params import load_params
+    from .project import find_root, resolve_stage
+    from .sweep import parse_grid, run_sweep
+
+    stage = resolve_stage(find_root(), args.stage)
+    grid = parse_grid(args.grid, stage.params_file, load_params(stage.params_file))
+    summary = run_sweep(stage.name, grid, fixed=args.set or [], jobs=args.jobs, samples=args.samples, seed=args.seed,
+                        track=not args.no_track, metric=args.metric, maximize=not args.minimize,
+                        out_dir=Path(args.out) if args.out else None)
+    shown = [c for c in summary.columns if c != "error"]
+    print(summary[shown].to_string(index=False))
+    for row in summary[summary.status != "ok"].itertuples():
+        print(f"stagebook: {row.variant} failed: {row.error}", file=sys.stderr)
+    print(f"stagebook: {len(summary)} variants in {summary.attrs['wall_seconds']:.1f} s with {summary.attrs['jobs']}"
+          f" parallel process(es)")
+    return 0 if (summary.status == "ok").all() else 1
 
 
 def _embed_digits(args) -> None:
@@ -88,7 +109,23 @@ def parser() -> argparse.ArgumentParser:
     run.add_argument("--set", action="append", metavar="KEY=VALUE", help="override one parameter (repeatable)")
     run.add_argument("--no-track", action="store_true", help="do not record an MLflow run")
     run.add_argument("--log-output", action="store_true", help="stream the notebook's output while it runs")
+    run.add_argument("--variant-dir", help=argparse.SUPPRESS)  # set by `stagebook sweep` for each variant
+    run.add_argument("--parent-run", help=argparse.SUPPRESS)
+    run.add_argument("--run-name", help=argparse.SUPPRESS)
     run.set_defaults(func=_run)
+
+    sweep = sub.add_parser("sweep", help="grid or random search: each variant a papermill run, in parallel, nested in MLflow")
+    sweep.add_argument("stage", help="04, 04_tuning or nbs/04_tuning.ipynb")
+    sweep.add_argument("grid", nargs="+", metavar="KEY=V1,V2", help="values to try for one parameter (repeatable)")
+    sweep.add_argument("--set", action="append", metavar="KEY=VALUE", help="fixed override for every variant")
+    sweep.add_argument("--jobs", type=int, default=2, help="variants run at once (default 2)")
+    sweep.add_argument("--samples", type=int, help="random search: run only this many combinations of the grid")
+    sweep.add_argument("--seed", type=int, default=0, help="seed for --samples")
+    sweep.add_argument("--metric", default=None, help="sort the summary by this metric, e.g. valid_accuracy")
+    sweep.add_argument("--minimize", action="store_true", help="lower --metric is better")
+    sweep.add_argument("--out", help="folder for the variants and summary.csv (default reports/sweeps/STAGE/TIME)")
+    sweep.add_argument("--no-track", action="store_true", help="do not record MLflow runs")
+    sweep.set_defaults(func=_sweep)
 
     embed = sub.add_parser("embed-digits", help="write scikit-learn's bundled digits as a folder-per-class PNG tree")
     embed.add_argument("out", help="folder to write, e.g. data/raw/digits")
