@@ -68,6 +68,38 @@ def figure(ctx: dict, name: str) -> str:
     return path.as_posix()
 
 
+PREAMBLE = r"""\documentclass[11pt,a4paper]{article}
+\usepackage[margin=2cm]{geometry}
+\usepackage{lmodern}
+\usepackage[T1]{fontenc}
+\usepackage{graphicx}
+\usepackage{booktabs}
+\usepackage{xcolor}
+\usepackage[hidelinks]{hyperref}
+"""
+
+
+def preamble(title: str, author: str, ctx: dict) -> str:
+    "The document class, packages and title every stage deliverable shares (print it in the template's first chunk)."
+    return PREAMBLE + rf"\title{{{tex(title)}}}\author{{{tex(author)}}}\date{{{tex(ctx['created'])}}}"
+
+
+def include(ctx: dict, name: str, width: float = 0.8) -> str:
+    "A centred figure the notebook logged, `width` a fraction of the text width."
+    return rf"\begin{{center}}\includegraphics[width={width}\textwidth]{{{figure(ctx, name)}}}\end{{center}}"
+
+
+def has(ctx: dict, kind: str, name: str) -> bool:
+    "Whether the run logged figure or table `name` (phases can be switched off in params)."
+    suffix = "png" if kind == "figures" else "csv"
+    return (Path(ctx["artifacts_dir"]) / kind / f"{name}.{suffix}").is_file()
+
+
+def verdict(ok: bool, yes: str, no: str) -> str:
+    "Green `yes` or red `no`, in bold."
+    return rf"\textcolor{{green!50!black}}{{\textbf{{{tex(yes)}}}}}" if ok else rf"\textcolor{{red!70!black}}{{\textbf{{{tex(no)}}}}}"
+
+
 def read_table(ctx: dict, name: str) -> pd.DataFrame:
     path = Path(ctx["artifacts_dir"]) / "tables" / f"{name}.csv"
     if not path.is_file():
