@@ -5,5 +5,4 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                      'projectlib.features.load_pixels': ('baseline.html#load_pixels', 'projectlib/features.py')},
             'projectlib.models': { 'projectlib.models.load_model': ('tuning.html#load_model', 'projectlib/models.py'),
                                    'projectlib.models.predict_proba': ('tuning.html#predict_proba', 'projectlib/models.py'),
-                                   'projectlib.models.save_model': ('tuning.html#save_model', 'projectlib/models.py'),
-                                   'projectlib.models.small_cnn': ('tuning.html#small_cnn', 'projectlib/models.py')}}}
+                                   'projectlib.models.save_model': ('tuning.html#save_model', 'projectlib/models.py')}}}
