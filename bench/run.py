@@ -7,6 +7,11 @@ pipeline: `stagebook run 02_baseline` against bare `papermill` on the same noteb
           the full first `dvc repro` (target: ratio <= 0.03). Runs in a temporary copy of the project's tracked files.
 audit:    the audit (decode, hash, quarantine, duplicates; all cores) of 20,000 generated 32x32 images (2,000 of them
           noisy copies), in images per second, against a plain single-process decode loop over the same files.
+train:    the stage-04 training loop (fastai Learner over in-memory tensors, `stagebook.training`) against a plain
+          PyTorch loop on the same model, tensors, optimiser and one-cycle schedule, in items per second (target:
+          ratio >= 0.85); fastai's generic DataLoader (item-wise collate) is shown for reference.
+stage04:  a full `stagebook run 04_tuning` with the default params (target: under 180 s), and the same 4-variant
+          sweep with 1 and with 2 parallel processes (the parallel speed-up).
 split:    sticky split of 1,000,000 manifest rows with groups and duplicate clusters (target: under 5 s), against
           pandas reading the same rows from CSV; then the re-split after 10% more rows arrive.
 """
@@ -165,13 +170,134 @@ def bench_split(rows: int = 1_000_000) -> list[dict]:
              "ok": ours < 5 and moved == 0, "resplit_s": resplit}]
 
 
+def _digits_tensors():
+    "The embedded digits as the stage-04 notebook sees them: (N, 1, 8, 8) floats in [0, 1]; 85% train, 15% valid."
+    import torch
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    x = torch.tensor(digits.images / 16.0, dtype=torch.float32)[:, None]
+    y = torch.tensor(digits.target, dtype=torch.int64)
+    order = torch.randperm(len(x), generator=torch.Generator().manual_seed(0))
+    cut = int(0.85 * len(x))
+    return x[order[:cut]], y[order[:cut]], x[order[cut:]], y[order[cut:]]
+
+
+def bench_train(repeats: int, epochs: int = 20, batch_size: int = 64, lr: float = 0.01, wd: float = 0.01) -> list[dict]:
+    import torch
+    from fastai.callback.schedule import fit_one_cycle  # noqa: F401
+    from torch import nn
+
+    from stagebook import training, zoo
+
+    x_train, y_train, x_valid, y_valid = _digits_tensors()
+    items = len(x_train) * epochs
+
+    def model():
+        torch.manual_seed(0)
+        return zoo.build("small_cnn", 10, 1, 16, 0.25)
+
+    def plain() -> float:
+        net = model()
+        opt = torch.optim.AdamW(net.parameters(), lr=lr, weight_decay=wd)
+        steps = -(-len(x_train) // batch_size)
+        sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, epochs=epochs, steps_per_epoch=steps)
+        g = torch.Generator().manual_seed(0)
+        start = time.perf_counter()
+        for _ in range(epochs):
+            net.train()
+            order = torch.randperm(len(x_train), generator=g)
+            for i in range(0, len(x_train), batch_size):
+                idx = order[i:i + batch_size]
+                opt.zero_grad()
+                nn.functional.cross_entropy(net(x_train[idx]), y_train[idx]).backward()
+                opt.step()
+                sched.step()
+        return time.perf_counter() - start
+
+    def ours(augment=None) -> float:
+        learn = training.make_learner(model(), x_train, y_train, x_valid, y_valid, batch_size, 0, wd, augment)
+        with learn.no_logging():
+            start = time.perf_counter()
+            learn.fit_one_cycle(epochs, lr)
+        return time.perf_counter() - start
+
+    def generic() -> float:
+        from fastai.data.core import DataLoaders
+        from fastai.data.load import DataLoader
+        from fastai.learner import Learner
+
+        dls = DataLoaders(DataLoader(list(zip(x_train, y_train)), bs=batch_size, shuffle=True),
+                          DataLoader(list(zip(x_valid, y_valid)), bs=512), device="cpu")
+        learn = Learner(dls, model(), loss_func=nn.CrossEntropyLoss(), wd=wd)
+        with learn.no_bar(), learn.no_logging():
+            start = time.perf_counter()
+            learn.fit_one_cycle(epochs, lr)
+        return time.perf_counter() - start
+
+    from stagebook.augment import from_params
+    policy = from_params({"rotate": 10, "translate": 0.1, "scale_min": 0.9, "scale_max": 1.1})
+    print(f"bench: training {epochs} epochs on {len(x_train)} digits, {torch.get_num_threads()} torch threads ...", flush=True)
+    plain(), ours()  # warm-up
+    times = {"plain": [], "ours": [], "ours_aug": []}
+    for _ in range(repeats):  # alternate, so drift on a noisy machine hits both alike
+        times["plain"].append(plain())
+        times["ours"].append(ours())
+        times["ours_aug"].append(ours(policy))
+    generic_s = generic()
+    med = {k: statistics.median(v) for k, v in times.items()}
+    header()
+    ratio = med["plain"] / med["ours"]
+    print(f"{'stage-04 loop vs plain PyTorch, items/s':<44} {items / med['ours']:8.0f}/s {items / med['plain']:8.0f}/s"
+          f" {ratio:7.3f} {'>= 0.85':>8}  {'ok' if ratio >= 0.85 else 'UNDER TARGET'}")
+    print(f"{'  the same with batch augmentation':<44} {items / med['ours_aug']:8.0f}/s {items / med['plain']:8.0f}/s"
+          f" {med['plain'] / med['ours_aug']:7.3f} {'(report)':>8}")
+    print(f"{'  fastai generic DataLoader (reference)':<44} {items / generic_s:8.0f}/s {items / med['plain']:8.0f}/s"
+          f" {med['plain'] / generic_s:7.3f} {'(report)':>8}")
+    print(f"samples (s): plain {[round(t, 2) for t in times['plain']]}, ours {[round(t, 2) for t in times['ours']]}")
+    return [{"name": "stage-04 loop throughput vs plain PyTorch", "ours_s": med["ours"], "baseline_s": med["plain"],
+             "ratio": ratio, "target": 0.85, "ok": ratio >= 0.85, "augmented_ratio": med["plain"] / med["ours_aug"],
+             "generic_dataloader_ratio": med["plain"] / generic_s}]
+
+
+def bench_stage04() -> list[dict]:
+    with tempfile.TemporaryDirectory(prefix="stagebook-bench-04-") as tmp:
+        root = copy_project(Path(tmp) / "project")
+        print("bench: stages up to 03 (for stage 04's inputs) ...", flush=True)
+        timed([str(BIN / "dvc"), "repro", "03_literature_notes"], root)
+        print("bench: a full `stagebook run 04_tuning` ...", flush=True)
+        stage = timed([str(BIN / "stagebook"), "run", "04_tuning"], root)
+        metrics = json.loads((root / "metrics/04_tuning.json").read_text())
+        sweep = [str(BIN / "stagebook"), "sweep", "04_tuning", "weight_decay=0.001,0.05", "dropout=0.1,0.4",
+                 "--set", "phases=[regularise]"]
+        print("bench: the 4-variant sweep with 1, then 2 parallel processes ...", flush=True)
+        serial = timed([*sweep, "--jobs", "1", "--out", str(Path(tmp) / "s1")], root)
+        parallel = timed([*sweep, "--jobs", "2", "--out", str(Path(tmp) / "s2")], root)
+    header()
+    print(f"{'full stagebook run 04_tuning':<44} {stage:8.2f} s {180.0:8.2f} s {stage / 180:7.3f} {'<= 1':>8}"
+          f"  {'ok' if stage < 180 else 'OVER TARGET'}")
+    print(f"{'4-variant sweep, 2 processes vs 1':<44} {parallel:8.2f} s {serial:8.2f} s {parallel / serial:7.3f}"
+          f" {'(report)':>8}  speed-up {serial / parallel:.2f}x")
+    print(f"stage 04: valid accuracy {metrics['valid_accuracy']:.4f}, its own search {metrics['search_wall_seconds']:.1f} s"
+          f" for {metrics['search_variant_seconds']:.1f} s of variant time")
+    return [{"name": "stage 04 full run (s)", "ours_s": stage, "baseline_s": 180.0, "ratio": stage / 180, "target": 1.0,
+             "ok": stage < 180},
+            {"name": "sweep 2 processes vs 1", "ours_s": parallel, "baseline_s": serial, "ratio": parallel / serial,
+             "target": None, "ok": True, "speedup": serial / parallel}]
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--only", default="pipeline,audit,split", help="comma-separated: pipeline, audit, split")
+    ap.add_argument("--only", default="train,stage04,pipeline,audit,split",
+                    help="comma-separated: train, stage04, pipeline, audit, split")
     ap.add_argument("--repeats", type=int, default=5, help="alternating repetitions of each timed command")
     args = ap.parse_args()
     chosen = set(args.only.split(","))
     results = []
+    if "train" in chosen:
+        results += bench_train(args.repeats)
+    if "stage04" in chosen:
+        results += bench_stage04()
     if "split" in chosen:
         results += bench_split()
     if "audit" in chosen:

@@ -14,7 +14,9 @@ from conftest import REPO, git
 
 pytestmark = pytest.mark.e2e
 SMALL = {"embed_digits": {"per_class": 15},
-         "04_tuning": {"epochs": 12, "train_accuracy_target": 0.8},
+         "02_baseline": {"forest_trees": 50},
+         "04_tuning": {"epochs": 10, "overfit_epochs": 10, "train_accuracy_target": 0.8, "early_stopping_patience": 3,
+                       "search_grid": {"dropout": [0.1, 0.3]}},
          "06_sealed_test": {"bootstrap": 200, "latency_repeats": 20}}
 
 
@@ -35,10 +37,19 @@ def _stagebook(root: Path, *args: str) -> subprocess.CompletedProcess:
     return subprocess.run(["stagebook", *args], cwd=root, capture_output=True, text=True)
 
 
-def _runs(root: Path) -> list:
+def _all_runs(root: Path) -> list:
     client = MlflowClient(f"sqlite:///{root / 'mlflow.db'}")
     exp = client.get_experiment_by_name("digits")
     return client.search_runs([exp.experiment_id], order_by=["attributes.start_time ASC"], max_results=1000)
+
+
+def _runs(root: Path) -> list:
+    "Top-level runs: one per stage execution (nested phase, baseline and sweep runs left out)."
+    return [r for r in _all_runs(root) if "mlflow.parentRunId" not in r.data.tags]
+
+
+def _children(root: Path, run) -> list:
+    return [r for r in _all_runs(root) if r.data.tags.get("mlflow.parentRunId") == run.info.run_id]
 
 
 @pytest.fixture(scope="module")
@@ -97,6 +108,56 @@ def test_outputs_and_deliverables(pipeline: Path):
     assert ok.returncode == 0 and "chain intact, 3 entries" in ok.stdout  # seal, read, result
 
 
+def test_modelling_deliverables_show_what_each_stage_did(pipeline: Path):
+    expected = {"02_baseline": ("Lineage", "Model sha256", "The bar for the deep model", "majority_class", "knn",
+                                "random_forest", "linear_svm", "logistic_regression", "class_prior"),
+                "03_literature_notes": ("Lineage", "Reported results beside our baselines", "Alpaydin", "Feasibility",
+                                        "Comments", "unchecked"),
+                "04_tuning": ("Lineage", "Sanity", "Overfit one batch", "Learning-rate finder", "Overfit all training data",
+                              "Regularise", "Augmentation preview", "Search", "Checkpoints", "search_best"),
+                "05_error_analysis": ("Lineage", "Most-confused pairs", "precision", "recall", "Grad-CAM",
+                                      "Metrics by slice", "group_size", "image_size", "Relabel queue")}
+    for stage, words in expected.items():
+        text = _pdf_text(pipeline / f"reports/{stage}.pdf")
+        for word in words:
+            assert word in text, f"{stage}: {word}"
+    for figure in ("lr_finder", "onebatch_loss", "overfit_curves", "regularised_curves", "augmentation_preview", "search"):
+        assert (pipeline / f"reports/04_tuning/figures/{figure}.png").is_file(), figure
+    for figure in ("confusion_matrix", "per_class", "top_losses", "gradcam_top_losses", "slices"):
+        assert (pipeline / f"reports/05_error_analysis/figures/{figure}.png").is_file(), figure
+    queue = pd.read_csv(pipeline / "reports/05_error_analysis/tables/relabel_queue.csv")
+    assert "reviewed_label" in queue.columns
+
+
+def test_baselines_phases_and_sweep_variants_are_nested_mlflow_runs(pipeline: Path):
+    top = {r.data.tags["stagebook.stage"]: r for r in _runs(pipeline)}
+    baselines = {r.info.run_name for r in _children(pipeline, top["02_baseline"])}
+    assert baselines == {f"baseline {m}" for m in ("majority_class", "class_prior", "logistic_regression", "knn",
+                                                   "linear_svm", "random_forest")}
+    tuning = {r.info.run_name: r for r in _children(pipeline, top["04_tuning"])}
+    phases = sorted(n for n in tuning if n.startswith("phase"))
+    assert phases == ["phase 0 sanity", "phase 1 overfit one batch", "phase 2 lr finder", "phase 3 overfit all data",
+                      "phase 4 regularise", "phase 5 best of search"]
+    assert sorted(n for n in tuning if not n.startswith("phase")) == ["04_tuning v00", "04_tuning v01"]
+    assert all(r.info.status == "FINISHED" for r in tuning.values())
+    assert {tuning["04_tuning v00"].data.params["dropout"], tuning["04_tuning v01"].data.params["dropout"]} == {"0.1", "0.3"}
+    client = MlflowClient(f"sqlite:///{pipeline / 'mlflow.db'}")
+    curve = client.get_metric_history(tuning["phase 4 regularise"].info.run_id, "train_loss")
+    assert len(curve) == top["04_tuning"].data.metrics["epochs_run"] >= 2, "one loss value per epoch"
+
+
+def test_each_phase_leaves_a_dvc_tracked_checkpoint_with_its_sha256(pipeline: Path):
+    from stagebook.lineage import file_sha256
+    table = pd.read_csv(pipeline / "reports/04_tuning/tables/checkpoints.csv")
+    assert table.phase.tolist() == ["one_batch", "overfit", "regularised", "search_best"]
+    for row in table.itertuples():
+        assert file_sha256(pipeline / row.file) == row.sha256
+    lock = yaml.safe_load((pipeline / "dvc.lock").read_text())
+    assert "models/checkpoints" in {out["path"] for out in lock["stages"]["04_tuning"]["outs"]}
+    metrics = json.loads((pipeline / "metrics/04_tuning.json").read_text())
+    assert metrics["search_variants"] == 2 and metrics["onebatch_final_loss"] < 0.05
+
+
 def test_second_repro_runs_nothing(pipeline: Path):
     before = len(_runs(pipeline))
     out = _dvc_repro(pipeline)
@@ -104,12 +165,53 @@ def test_second_repro_runs_nothing(pipeline: Path):
     assert len(_runs(pipeline)) == before
 
 
+def test_same_params_and_seed_give_identical_metrics_and_model(pipeline: Path):
+    first = json.loads((pipeline / "metrics/04_tuning.json").read_text())
+    model = (pipeline / "models/model.pth").read_bytes()
+    done = subprocess.run(["dvc", "repro", "-f", "-s", "04_tuning"], cwd=pipeline, capture_output=True, text=True)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    second = json.loads((pipeline / "metrics/04_tuning.json").read_text())
+    timing = {k for k in first if "seconds" in k} | {"lineage"}
+    assert {k: v for k, v in first.items() if k not in timing} == {k: v for k, v in second.items() if k not in timing}
+    assert (pipeline / "models/model.pth").read_bytes() == model
+
+
+def test_a_model_that_cannot_learn_fails_the_overfit_one_batch_phase_and_keeps_the_old_model(pipeline: Path):
+    model = (pipeline / "models/model.pth").read_bytes()
+    before = len(_runs(pipeline))
+    done = _stagebook(pipeline, "run", "04", "--set", "onebatch_lr=0.0")  # weights that never move cannot learn
+    assert done.returncode == 1 and "Traceback" not in done.stderr
+    assert "overfit-one-batch failed: the loss on one batch of 64 is still" in done.stderr
+    assert "cell 7 of nbs/04_tuning.ipynb" in done.stderr
+    assert (pipeline / "models/model.pth").read_bytes() == model, "a failed stage must not replace the model"
+    failed = _runs(pipeline)[before:]
+    assert [r.info.status for r in failed] == ["FAILED"]
+    phases = {r.info.run_name: r.info.status for r in _children(pipeline, failed[0])}
+    assert phases == {"phase 0 sanity": "FINISHED", "phase 1 overfit one batch": "FAILED"}
+
+
+def test_stagebook_sweep_runs_variants_in_parallel_nested_under_one_parent(pipeline: Path):
+    model = (pipeline / "models/model.pth").read_bytes()
+    out = pipeline / "reports/sweeps/cli"
+    done = _stagebook(pipeline, "sweep", "04", "weight_decay=0.001,0.1", "--set", "phases=[regularise]",
+                      "--set", "epochs=2", "--jobs", "2", "--metric", "valid_accuracy", "--out", str(out))
+    assert done.returncode == 0, done.stderr[-2000:]
+    summary = pd.read_csv(out / "summary.csv")
+    assert sorted(summary.weight_decay) == [0.001, 0.1] and (summary.status == "ok").all()
+    assert summary.valid_accuracy.is_monotonic_decreasing and (summary.epochs_run <= 2).all()
+    assert "2 variants in" in done.stdout and "2 parallel process(es)" in done.stdout
+    parent = [r for r in _runs(pipeline) if r.info.run_name == "04_tuning sweep"]
+    assert len(parent) == 1 and parent[0].info.status == "FINISHED"
+    assert sorted(r.info.run_name for r in _children(pipeline, parent[0])) == ["04_tuning v00", "04_tuning v01"]
+    assert (pipeline / "models/model.pth").read_bytes() == model, "variants never touch the stage's outputs"
+
+
 def test_a_stage_05_param_reruns_05_and_06_only(pipeline: Path):
     before = len(_runs(pipeline))
     _set_params(pipeline, "05_error_analysis", top_losses=5)
     _dvc_repro(pipeline)
     new = _runs(pipeline)[before:]
-    assert [r.data.tags["stagebook.stage"] for r in new] == ["05_error_analysis", "06_sealed_test"]
+    assert [r.data.tags["stagebook.stage"] for r in new][-2:] == ["05_error_analysis", "06_sealed_test"]
     assert new[-1].data.metrics["reused_result"] == 1, "the same model must not read the test set twice"
 
 
@@ -144,3 +246,21 @@ def test_a_bad_manifest_stops_stage_01_in_one_line_and_loses_nothing(pipeline: P
     assert done.returncode == 1 and "Traceback" not in done.stderr
     assert "list.csv: row 3 names 'raw/digits/0/nope.png', which does not exist" in done.stderr
     assert (pipeline / "data/splits.csv").read_bytes() == splits and (pipeline / "data_doc.md").read_bytes() == doc
+
+
+def test_reviewed_relabels_are_applied_by_stage_01_and_test_items_are_refused(pipeline: Path):
+    splits = pd.read_csv(pipeline / "data/splits.csv", dtype=str, keep_default_na=False)
+    item = splits[(splits.split == "valid") & (splits.status == "ok")].iloc[0]
+    new_label = "1" if item.label != "1" else "2"
+    relabels = pipeline / "data/relabels.csv"
+    relabels.write_text(f"path,label,predicted,reviewed_label,reviewer\n{item.path},{item.label},{new_label},{new_label},t\n")
+    done = _stagebook(pipeline, "run", "01", "--no-track")
+    assert done.returncode == 0, done.stderr[-2000:]
+    after = pd.read_csv(pipeline / "data/splits.csv", dtype=str, keep_default_na=False).set_index("path")
+    assert after.loc[item.path, "label"] == new_label and after.loc[item.path, "relabeled_from"] == item.label
+    assert after.loc[item.path, "split"] == "valid"
+    assert json.loads((pipeline / "metrics/01_data_document.json").read_text())["relabeled"] == 1
+    test_item = splits[splits.split == "test"].iloc[0]
+    relabels.write_text(f"path,reviewed_label\n{test_item.path},{new_label}\n")
+    done = _stagebook(pipeline, "run", "01", "--no-track")
+    assert done.returncode == 1 and f"{test_item.path} is a sealed test item" in done.stderr

@@ -60,4 +60,4 @@ def test_nbdev_export_would_not_change_src(tmp_path: Path):
     changed = compare.diff_files + compare.left_only + compare.right_only
     assert not changed, f"nbdev-export changes {changed}: run `make export` and commit src/projectlib"
     assert "def load_pixels" in (REPO / "src/projectlib/features.py").read_text()
-    assert "def small_cnn" in (REPO / "src/projectlib/models.py").read_text()
+    assert "def load_model" in (REPO / "src/projectlib/models.py").read_text()

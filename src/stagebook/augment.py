@@ -70,8 +70,6 @@ def from_params(spec: dict | None, source: str = "params") -> Augment:
         if not isinstance(value, (int, float)) or isinstance(value, bool) or not lo <= value <= hi:
             raise StagebookError(f"{source}: augment.{name} = {value!r} is outside its valid range [{lo}, {hi}]"
                                  f" ({meaning}); pick a value inside it.")
-    if spec.get("scale_min", 1.0) > spec.get("scale_max", 1.0):
-        raise StagebookError(f"{source}: augment.scale_min must not exceed augment.scale_max.")
     return Augment(**{k: float(v) for k, v in spec.items()})
 
 

@@ -55,6 +55,13 @@ def generated_block(splits: pd.DataFrame, summary: dict, balance: pd.DataFrame, 
                   f"{summary['label_conflicts']} label conflicts",
                   f"classes too small to learn: {', '.join(summary['small_classes']) or 'none'}"]) + ".", "",
               f"**Cross-split leakage.** {leakage} duplicate clusters or groups straddle two splits.", ""]
+    if "relabeled_from" in splits:
+        relabeled = splits[splits.relabeled_from.fillna("") != ""]
+        lines += [f"**Reviewed relabels.** {len(relabeled)} label(s) corrected from `data/relabels.csv`"
+                  + (":" if len(relabeled) else "."), ""]
+        if len(relabeled):
+            lines += [_table(relabeled[["path", "relabeled_from", "label", "split"]].head(shown)
+                             .rename(columns={"relabeled_from": "was", "label": "now"})), ""]
     if len(worst):
         lines += [f"**Class balance.** Largest deviation from the target split proportions:"
                   f" {worst.max_deviation_points.iloc[0]:.1f} points (class {worst.label.iloc[0]}).", ""]

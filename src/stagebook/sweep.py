@@ -95,9 +95,10 @@ def run_sweep(stage_ref: str, grid: dict[str, list], fixed: list[str] = (), jobs
         metrics_file = folder / "metrics.json"
         metrics = json.loads(metrics_file.read_text()) if proc.returncode == 0 and metrics_file.is_file() else {}
         error = "" if proc.returncode == 0 else (proc.stderr.strip().splitlines() or ["failed"])[-1]
-        return {"variant": name, **{k: _text(v) if isinstance(v, (list, dict)) else v for k, v in combo.items()},
-                "status": "ok" if proc.returncode == 0 else "failed", "seconds": round(time.perf_counter() - t0, 2),
-                **metrics, "error": error}
+        row = {"variant": name, **{k: _text(v) if isinstance(v, (list, dict)) else v for k, v in combo.items()},
+               "status": "ok" if proc.returncode == 0 else "failed", "seconds": round(time.perf_counter() - t0, 2)}
+        row.update({f"metric_{k}" if k in row or k == "error" else k: v for k, v in metrics.items()})
+        return {**row, "error": error}
 
     with ThreadPoolExecutor(jobs) as pool:
         rows = list(pool.map(one, enumerate(combos)))
