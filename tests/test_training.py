@@ -28,19 +28,19 @@ def test_tensor_loader_covers_every_item_once_per_epoch_in_a_seeded_order():
     assert not torch.equal(first, torch.cat([yb for _, yb in loader])), "each epoch reshuffles"
 
 
-def _fit(learner_class, epochs=2):
+def _fit(fast=True, epochs=2):
     x, y = _data()
     torch.manual_seed(0)
     learn = training.make_learner(zoo.build("small_cnn", 10), x[:200], y[:200], x[200:], y[200:], 32, seed=0,
-                                  weight_decay=0.01)
-    if learner_class is Learner:
-        learn.__class__ = Learner  # same learner, fastai's own event dispatch
+                                  weight_decay=0.01, fast=fast)
     learn.fit_one_cycle(epochs, 1e-2)
     return learn
 
 
-def test_fast_dispatch_trains_exactly_like_fastais_learner():
-    fast, plain = _fit(training.FastLearner), _fit(Learner)
+def test_fast_learner_trains_exactly_like_fastais_stock_learner_and_optimiser():
+    fast, plain = _fit(True), _fit(False)
+    assert type(fast) is training.FastLearner and type(plain) is Learner
+    assert fast.recorder.lrs == plain.recorder.lrs and fast.opt.hypers == plain.opt.hypers
     assert fast.recorder.values == plain.recorder.values
     for a, b in zip(fast.model.state_dict().values(), plain.model.state_dict().values()):
         assert torch.equal(a, b)
@@ -49,7 +49,7 @@ def test_fast_dispatch_trains_exactly_like_fastais_learner():
 def test_same_seed_gives_identical_training():
     torch.use_deterministic_algorithms(True)
     try:
-        a, b = _fit(training.FastLearner), _fit(training.FastLearner)
+        a, b = _fit(), _fit()
     finally:
         torch.use_deterministic_algorithms(False)
     assert a.recorder.values == b.recorder.values

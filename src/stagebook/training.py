@@ -81,6 +81,38 @@ class FastLearner(Learner):
             self._call_one(event_name)
 
 
+class FastOptimWrapper(OptimWrapper):
+    """fastai's wrapper around a torch optimiser, with the per-batch hyper-parameter reads and writes made cheap.
+
+    The one-cycle scheduler sets lr and momentum before every batch and the recorder reads lr after it; fastai's
+    generic versions cost about 0.7 ms per batch, a tenth of a small model's step. Same values, same keys.
+    """
+
+    @property
+    def hypers(self):
+        out = []
+        for group in self.opt.param_groups:
+            values = {}
+            for key, value in group.items():
+                if key == "params":
+                    continue
+                if isinstance(value, (list, tuple)):
+                    for i, v in enumerate(value):
+                        values[self.fwd_map.get(f"{key}__{i}", f"{key}__{i}")] = v
+                else:
+                    values[self.fwd_map.get(key, key)] = value
+            out.append(values)
+        return out
+
+    def set_hyper(self, k, v):
+        if not isinstance(v, (int, float)):
+            return super().set_hyper(k, v)
+        from fastai.optimizer import set_item_pg
+        key = self.bwd_map[k]
+        for group in self.opt.param_groups:
+            set_item_pg(group, key, v)
+
+
 class KeepBest(Callback):
     "Remember the weights of the epoch with the lowest validation loss and restore them at the end (early stopping's partner)."
     order = 70  # after the Recorder has the epoch's values
@@ -100,8 +132,12 @@ class KeepBest(Callback):
 
 
 def make_learner(model: nn.Module, x_train, y_train, x_valid, y_valid, batch_size: int, seed: int,
-                 weight_decay: float = 0.0, augment=None, progress: bool = False, metrics=None) -> FastLearner:
-    "A fastai Learner over in-memory tensors: AdamW, plain cross-entropy, seeded shuffling and augmentation."
+                 weight_decay: float = 0.0, augment=None, progress: bool = False, metrics=None,
+                 fast: bool = True) -> Learner:
+    """A fastai Learner over in-memory tensors: AdamW, plain cross-entropy, seeded shuffling and augmentation.
+
+    `fast=False` gives fastai's stock Learner and OptimWrapper on the same data (the tests compare the two).
+    """
     from fastai.callback.progress import ProgressCallback
     from fastai.metrics import accuracy
 
@@ -109,9 +145,10 @@ def make_learner(model: nn.Module, x_train, y_train, x_valid, y_valid, batch_siz
     train = TensorLoader(tensors[0], tensors[1], batch_size, shuffle=True, seed=seed, transform=augment)
     valid = TensorLoader(tensors[2], tensors[3], 1024)
     from fastai.data.core import DataLoaders
-    learn = FastLearner(DataLoaders(train, valid, device="cpu"), model, loss_func=nn.CrossEntropyLoss(),
-                        opt_func=partial(OptimWrapper, opt=torch.optim.AdamW), wd=weight_decay,
-                        metrics=metrics if metrics is not None else [accuracy], path=Path(tempfile.gettempdir()))
+    learner, wrapper = (FastLearner, FastOptimWrapper) if fast else (Learner, OptimWrapper)
+    learn = learner(DataLoaders(train, valid, device="cpu"), model, loss_func=nn.CrossEntropyLoss(),
+                    opt_func=partial(wrapper, opt=torch.optim.AdamW), wd=weight_decay,
+                    metrics=metrics if metrics is not None else [accuracy], path=Path(tempfile.gettempdir()))
     learn.remove_cb(CastToTensor)  # our batches are plain tensors already; the cast slows every operation down
     if not progress:
         learn.remove_cb(ProgressCallback)
