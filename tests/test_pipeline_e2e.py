@@ -218,7 +218,11 @@ def test_a_stage_05_param_reruns_05_and_06_only(pipeline: Path):
 def test_new_data_moves_no_item_and_new_test_items_need_an_explicit_seal(pipeline: Path):
     before = pd.read_csv(pipeline / "data/splits.csv", dtype=str, keep_default_na=False).set_index("path").split
     _set_params(pipeline, "embed_digits", per_class=20)  # 50 more images arrive
-    out = _dvc_repro(pipeline, ok=False)
+    done = subprocess.run(["dvc", "repro", "01_data_document"], cwd=pipeline, capture_output=True, text=True)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    refused = _stagebook(pipeline, "run", "06")  # the sealed stage checks the seal before anything else
+    assert refused.returncode == 1
+    out = refused.stderr
     after = pd.read_csv(pipeline / "data/splits.csv", dtype=str, keep_default_na=False).set_index("path").split
     assert len(after) == 200 and (after.reindex(before.index) == before).all(), "no placed item may move"
     added_to_test = sorted(set(after[after == "test"].index) - set(before.index))
@@ -226,8 +230,10 @@ def test_new_data_moves_no_item_and_new_test_items_need_an_explicit_seal(pipelin
     assert f"no longer matches its seal (added {len(added_to_test)}: {added_to_test[0]}" in out, out[-2000:]
     sealed = _stagebook(pipeline, "seal", "--reason", "50 new images")
     assert sealed.returncode == 0, sealed.stderr
-    _dvc_repro(pipeline)
+    accepted = _stagebook(pipeline, "run", "06")
+    assert accepted.returncode == 0, accepted.stderr[-2000:]
     assert _runs(pipeline)[-1].data.tags["stagebook.stage"] == "06_sealed_test"
+    assert json.loads((pipeline / "metrics/06_sealed_test.json").read_text())["test_items"] == len(after[after == "test"])
 
 
 def test_a_changed_byte_in_a_sealed_image_stops_stage_06_with_its_name(pipeline: Path):
