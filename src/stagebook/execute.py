@@ -71,7 +71,7 @@ def run_stage(ref: str, overrides: list[str] = (), root: Path | None = None, tra
     tracker = None
     if track:
         from .tracking import Tracker
-        tracker = Tracker(root, stage.name, params, lineage, run_name=run_name)
+        tracker = Tracker(root, stage.name, params, lineage, run_name=run_name, run_dir=staging)
         tracker.start_in_background()  # MLflow's start-up runs in its own process, beside the kernel
         threading.Thread(target=_publish_run_id, args=(tracker, staging), daemon=True).start()
 

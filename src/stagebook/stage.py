@@ -177,7 +177,7 @@ class ChildRun:
 
 @contextmanager
 def child_run(name: str, params: dict | None = None):
-    "`with stage.child_run('overfit_one_batch', params) as run:` records a nested run; an exception marks it FAILED."
+    "`with stage.child_run(name, params) as run:` records a nested run, logged as soon as the block ends; an exception marks it FAILED."
     children = context().run_dir / "children"
     children.mkdir(parents=True, exist_ok=True)
     slug = re.sub(r"[^A-Za-z0-9_.-]+", "_", name)

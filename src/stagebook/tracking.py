@@ -32,8 +32,10 @@ def tracking_uri(root: Path) -> str:
 class Tracker:
     "The runner's handle on one MLflow run: RUNNING from `start_in_background`, FINISHED or FAILED at `finish`."
 
-    def __init__(self, root: Path, stage: str, params: dict, lineage: Lineage, run_name: str | None = None):
+    def __init__(self, root: Path, stage: str, params: dict, lineage: Lineage, run_name: str | None = None,
+                 run_dir: Path | None = None):
         self.root, self.stage, self.params, self.lineage, self.run_name = root, stage, params, lineage, run_name
+        self.run_dir = run_dir  # where the notebook writes child runs; the helper logs each one as it finishes
         self.run_id: str | None = None
         self._proc: subprocess.Popen | None = None
         self._lock = threading.Lock()  # the runner and its run-id thread may both wait for the start reply
@@ -44,7 +46,8 @@ class Tracker:
         self._proc = subprocess.Popen([sys.executable, "-m", "stagebook.tracking"], stdin=subprocess.PIPE,
                                       stdout=subprocess.PIPE, text=True, env=env)
         self._send({"op": "start", "root": str(self.root), "stage": self.stage, "params": self.params,
-                    "lineage": self.lineage.as_dict(), "run_name": self.run_name})
+                    "lineage": self.lineage.as_dict(), "run_name": self.run_name,
+                    "run_dir": str(self.run_dir) if self.run_dir else None})
 
     def wait_started(self) -> str:
         "The run's id once it exists; raises if the store could not be opened."
@@ -146,13 +149,58 @@ def _log_child(client, parent, folder: Path) -> None:
     client.set_terminated(run.info.run_id, "FAILED" if status == "RUNNING" else status)
 
 
-def _finish(client, run_id: str, request: dict) -> None:
+class _ChildWatcher:
+    """Logs each child run as soon as the notebook closes it, while the kernel goes on (a stage with six baselines
+    otherwise paid for six nested runs after its notebook had finished). `finish` logs whatever is left."""
+
+    def __init__(self, client, run_id: str, run_dir: str | None):
+        self.client, self.run_id = client, run_id
+        self.children = Path(run_dir) / "children" if run_dir else None
+        self.logged: set[str] = set()
+        self.lock = threading.Lock()
+        self.stop = threading.Event()
+        self._parent = None
+        self.thread = threading.Thread(target=self._watch, daemon=True)
+        if self.children is not None:
+            self.thread.start()
+
+    def parent(self):
+        if self._parent is None:
+            self._parent = self.client.get_run(self.run_id)
+        return self._parent
+
+    def log(self, folder: Path) -> None:
+        with self.lock:
+            if str(folder) not in self.logged:
+                _log_child(self.client, self.parent(), folder)
+                self.logged.add(str(folder))
+
+    def _watch(self) -> None:
+        while not self.stop.wait(0.25):
+            if not self.children.is_dir():
+                continue
+            for folder in sorted(self.children.iterdir()):
+                status = folder / "status"
+                if str(folder) not in self.logged and status.is_file() and status.read_text().strip() in ("FINISHED", "FAILED"):
+                    try:
+                        self.log(folder)
+                    except Exception:  # noqa: BLE001 (finish logs it again and reports the error)
+                        return
+
+    def close(self) -> None:
+        self.stop.set()
+        if self.thread.is_alive():
+            self.thread.join()
+
+
+def _finish(client, run_id: str, request: dict, watcher: _ChildWatcher | None = None) -> None:
     if request.get("parent_run_id"):
         client.set_tag(run_id, "mlflow.parentRunId", request["parent_run_id"])
     _log_batches(client, run_id, _metric_batch(request["metrics"], request.get("series", {})))
-    parent = client.get_run(run_id) if request.get("children") else None
+    watcher = watcher or _ChildWatcher(client, run_id, None)
+    watcher.close()
     for folder in request.get("children", []):
-        _log_child(client, parent, Path(folder))
+        watcher.log(Path(folder))
     for path in request["files"]:
         client.log_artifact(run_id, path)
     for folder in request["folders"]:
@@ -168,15 +216,16 @@ def _serve() -> None:
         sys.stdout.write(json.dumps(message) + "\n")
         sys.stdout.flush()
 
-    client = run_id = None
+    client = run_id = watcher = None
     for line in sys.stdin:
         request = json.loads(line)
         try:
             if request["op"] == "start":
                 client, run_id = _start(request)
                 reply({"run_id": run_id})
+                watcher = _ChildWatcher(client, run_id, request.get("run_dir"))
             elif request["op"] == "finish":
-                _finish(client, run_id, request)
+                _finish(client, run_id, request, watcher)
                 reply({"ok": True})
                 # Everything is committed; skip MLflow's exit handlers, which cost about 0.8 s of a stage's time.
                 os._exit(0)
