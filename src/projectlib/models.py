@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from stagebook import zoo
+from stagebook import training, zoo
 from torch import nn
 
 
@@ -31,9 +31,6 @@ def load_model(path: Path) -> tuple[nn.Module, dict]:
     return model.eval(), meta
 
 
-@torch.no_grad()
 def predict_proba(model: nn.Module, pixels: np.ndarray, batch_size: int = 512) -> np.ndarray:
     "Class probabilities for (N, C, H, W) pixels."
-    model.eval()
-    out = [torch.softmax(model(torch.from_numpy(pixels[i:i + batch_size])), dim=1) for i in range(0, len(pixels), batch_size)]
-    return torch.cat(out).numpy()
+    return training.predict_proba(model, pixels, batch_size)

@@ -45,6 +45,11 @@ def _text(value) -> str:
     return value if isinstance(value, str) else json.dumps(value)
 
 
+def as_overrides(params: dict, exclude=()) -> list[str]:
+    "`{'lr': 0.01, 'augment': {...}}` -> `['lr=0.01', 'augment={...}']`: a run's params, to pass on to its variants."
+    return [f"{k}={_text(v)}" for k, v in params.items() if k not in set(exclude)]
+
+
 def variants(grid: dict[str, list], samples: int | None = None, seed: int = 0) -> list[dict]:
     "Every combination of the grid in order, or `samples` of them drawn without replacement (random search)."
     keys = list(grid)
@@ -85,7 +90,7 @@ def run_sweep(stage_ref: str, grid: dict[str, list], fixed: list[str] = (), jobs
         index, combo = index_combo
         name = f"v{index:02d}"
         folder = out_dir / name
-        sets = [*fixed, *(f"{k}={_text(v)}" for k, v in combo.items())]
+        sets = [*fixed, *as_overrides(combo)]
         cmd = [sys.executable, "-m", "stagebook.cli", "run", stage.name, "--variant-dir", str(folder),
                "--run-name", f"{stage.name} {name}", *(["--parent-run", parent_run_id] if parent_run_id else []),
                *([] if track else ["--no-track"]), *itertools.chain.from_iterable(("--set", s) for s in sets)]
