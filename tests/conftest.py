@@ -48,16 +48,21 @@ def project(tmp_path: Path) -> Path:
     return root
 
 
+def add_stage(project: Path, name: str, params_yaml: str, params: str, *cells: str) -> Path:
+    "Commit stage `name` to `project`: its notebook (parameters cell plus code cells) and its params file."
+    write_notebook(project / "nbs" / f"{name}.ipynb", params, *cells)
+    (project / "params" / f"{name}.yaml").write_text(params_yaml)
+    git(project, "add", "-A")
+    git(project, "commit", "-qm", name)
+    return project
+
+
 @pytest.fixture
 def toy_stage(project: Path) -> Path:
     "Stage 01_toy: logs a metric from its params, a figure and a table."
-    write_notebook(project / "nbs" / "01_toy.ipynb", "scale = 2\nfail = False",
-                   "from stagebook import stage\nimport pandas as pd\nimport matplotlib\nmatplotlib.use('Agg')\n"
-                   "import matplotlib.pyplot as plt\nctx = stage.init(0)",
-                   "assert not fail, 'asked to fail'\nstage.log_metrics({'score': 0.5 * scale, 'count': 3})",
-                   "fig, ax = plt.subplots(); ax.plot([1, 2]); stage.log_figure(fig, 'curve')\n"
-                   "stage.log_table(pd.DataFrame({'a': [1]}), 'tiny')")
-    (project / "params" / "01_toy.yaml").write_text("scale: 2\nfail: false\n")
-    git(project, "add", "-A")
-    git(project, "commit", "-qm", "toy")
-    return project
+    return add_stage(project, "01_toy", "scale: 2\nfail: false\n", "scale = 2\nfail = False",
+                     "from stagebook import stage\nimport pandas as pd\nimport matplotlib\nmatplotlib.use('Agg')\n"
+                     "import matplotlib.pyplot as plt\nctx = stage.init(0)",
+                     "assert not fail, 'asked to fail'\nstage.log_metrics({'score': 0.5 * scale, 'count': 3})",
+                     "fig, ax = plt.subplots(); ax.plot([1, 2]); stage.log_figure(fig, 'curve')\n"
+                     "stage.log_table(pd.DataFrame({'a': [1]}), 'tiny')")

@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 from mlflow.tracking import MlflowClient
 
-from conftest import git, write_notebook
+from conftest import add_stage
 from stagebook import StagebookError
 from stagebook.execute import run_stage
 from stagebook.sweep import parse_grid, run_sweep, variants
@@ -39,19 +39,15 @@ def test_grid_is_every_combination_and_random_search_a_seeded_subset():
 @pytest.fixture
 def nested_stage(project: Path) -> Path:
     "Stage 01_fit: a nested child run with a curve, a staged output file, and the effective params."
-    write_notebook(project / "nbs" / "01_fit.ipynb", "rate = 1.0\nbad = False",
-                   "from stagebook import stage\nctx = stage.init(0)",
-                   "with stage.child_run('phase a', {'rate': rate}) as run:\n"
-                   "    run.log_series('loss', [3.0 / (i + 1) * rate for i in range(4)])\n"
-                   "    run.log_metrics({'final': 0.75 * rate})\n"
-                   "    assert not bad, 'bad phase'\n"
-                   "stage.log_series('curve', [1, 2, 3])\n"
-                   "stage.output_path('models/out.txt').write_text(str(rate))\n"
-                   "stage.log_metrics({'score': rate, 'params_seen': len(stage.params()), 'variant': int(ctx.variant)})")
-    (project / "params" / "01_fit.yaml").write_text("rate: 1.0\nbad: false\n")
-    git(project, "add", "-A")
-    git(project, "commit", "-qm", "fit")
-    return project
+    return add_stage(project, "01_fit", "rate: 1.0\nbad: false\n", "rate = 1.0\nbad = False",
+                     "from stagebook import stage\nctx = stage.init(0)",
+                     "with stage.child_run('phase a', {'rate': rate}) as run:\n"
+                     "    run.log_series('loss', [3.0 / (i + 1) * rate for i in range(4)])\n"
+                     "    run.log_metrics({'final': 0.75 * rate})\n"
+                     "    assert not bad, 'bad phase'\n"
+                     "stage.log_series('curve', [1, 2, 3])\n"
+                     "stage.output_path('models/out.txt').write_text(str(rate))\n"
+                     "stage.log_metrics({'score': rate, 'params_seen': len(stage.params()), 'variant': int(ctx.variant)})")
 
 
 def test_child_runs_curves_and_staged_outputs(nested_stage: Path):
