@@ -19,6 +19,23 @@ def per_class(y: np.ndarray, pred: np.ndarray, classes: list[str]) -> pd.DataFra
     return pd.DataFrame({"class": classes, "precision": p, "recall": r, "f1": f, "support": s.astype(int)})
 
 
+def item_losses(proba: np.ndarray, y: np.ndarray) -> np.ndarray:
+    "Cross-entropy of each item under the model: -log p(true class), clipped so a zero probability stays finite."
+    return -np.log(np.clip(np.asarray(proba)[np.arange(len(y)), y], 1e-12, 1))
+
+
+def confusion_figure(y: np.ndarray, pred: np.ndarray, classes: list[str], title: str):
+    "The confusion matrix as a matplotlib figure, counts in the cells."
+    import matplotlib.pyplot as plt
+    from sklearn.metrics import ConfusionMatrixDisplay, confusion_matrix
+
+    fig, ax = plt.subplots(figsize=(5, 5))
+    ConfusionMatrixDisplay(confusion_matrix(y, pred, labels=range(len(classes))), display_labels=classes).plot(
+        ax=ax, colorbar=False)
+    ax.set_title(title)
+    return fig
+
+
 def most_confused(y: np.ndarray, pred: np.ndarray, classes: list[str], top: int = 10) -> pd.DataFrame:
     "The (actual, predicted) pairs the model mixes up most often, with the share of the actual class."
     from sklearn.metrics import confusion_matrix
@@ -66,7 +83,7 @@ def relabel_queue(items: pd.DataFrame, y: np.ndarray, proba: np.ndarray, classes
     proba = np.asarray(proba)
     pred = proba.argmax(1)
     confidence = proba.max(1)
-    loss = -np.log(np.clip(proba[np.arange(len(y)), y], 1e-12, 1))
+    loss = item_losses(proba, y)
     suspect = np.flatnonzero((pred != y) & (confidence >= min_confidence))
     suspect = suspect[np.argsort(-confidence[suspect], kind="stable")][:limit]
     items = items.reset_index(drop=True)

@@ -62,14 +62,8 @@ def init(seed: int | None = None) -> Context:
 
 
 def params() -> dict:
-    "The effective params of this run (params file plus overrides); run by hand, the stage's params file."
-    if os.environ.get(PARAMS_VAR):
-        return json.loads(os.environ[PARAMS_VAR])
-    ctx = context()
-    if ctx.interactive:
-        return {}
-    from .params import load_params
-    return load_params(ctx.root / "params" / f"{ctx.name}.yaml")
+    "The effective params of this run (params file plus overrides), as the runner passed them; {} when run by hand."
+    return json.loads(os.environ.get(PARAMS_VAR) or "{}")
 
 
 def seed_everything(seed: int) -> None:
@@ -120,12 +114,16 @@ def log_series(key: str, values) -> None:
     _write_series(context().run_dir / "series.json", key, values)
 
 
+def _save_figure(fig, folder: Path, name: str, dpi: int) -> Path:
+    path = folder / f"{Path(name).stem}.png"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=dpi, bbox_inches="tight")
+    return path
+
+
 def log_figure(fig, name: str) -> Path:
     "Save a matplotlib figure as `figures/<name>.png` of this run (for MLflow and the stage's PDF)."
-    path = context().run_dir / "figures" / f"{Path(name).stem}.png"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=150, bbox_inches="tight")
-    return path
+    return _save_figure(fig, context().run_dir / "figures", name, 150)
 
 
 def log_table(df, name: str) -> Path:
@@ -169,10 +167,7 @@ class ChildRun:
         _write_series(self.dir / "series.json", key, values)
 
     def log_figure(self, fig, name: str) -> Path:
-        path = self.dir / "artifacts" / f"{Path(name).stem}.png"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fig.savefig(path, dpi=120, bbox_inches="tight")
-        return path
+        return _save_figure(fig, self.dir / "artifacts", name, 120)
 
 
 @contextmanager
