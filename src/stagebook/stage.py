@@ -61,6 +61,11 @@ def init(seed: int | None = None) -> Context:
     return ctx
 
 
+def under_nbdev_test() -> bool:
+    "True while `nbdev-test` executes the notebook (it sets IN_TEST): cells flagged `sealed` are skipped there."
+    return bool(os.environ.get("IN_TEST")) and not os.environ.get(STAGE_VAR)
+
+
 def params() -> dict:
     "The effective params of this run (params file plus overrides), as the runner passed them; {} when run by hand."
     return json.loads(os.environ.get(PARAMS_VAR) or "{}")
