@@ -61,7 +61,7 @@ def run_stage(ref: str, overrides: list[str] = (), root: Path | None = None, tra
     defaults = load_params(stage.params_file)
     _check_params_match_notebook(stage, defaults)
     params = {**defaults, **parse_overrides(list(overrides), defaults, stage.params_file)}
-    lineage = lineage_mod.compute(root, params_hash(params))
+    lineage = lineage_mod.compute(root, params_hash(params), str(params.get("device", "auto")))
 
     staging = Path(variant_dir) if variant_dir else root / "reports" / ".staging" / stage.name
     shutil.rmtree(staging, ignore_errors=True)

@@ -27,6 +27,11 @@ class Lineage:
     params_hash: str
     model_sha256: str
     stagebook_version: str = __version__
+    template_version: str = "unknown"
+    device: str = "cpu"
+    gpu: str = ""
+    torch_version: str = ""
+    cuda_version: str = ""
 
     def as_tags(self) -> dict[str, str]:
         "MLflow tag names and string values."
@@ -45,7 +50,7 @@ def file_sha256(path: Path, chunk: int = 1 << 20) -> str:
     return digest.hexdigest()
 
 
-def _git(root: Path, *args: str) -> str | None:
+def git(root: Path, *args: str) -> str | None:
     try:
         out = subprocess.run(["git", *args], cwd=root, capture_output=True, text=True, timeout=30)
     except (OSError, subprocess.TimeoutExpired):
@@ -55,10 +60,10 @@ def _git(root: Path, *args: str) -> str | None:
 
 def code_state(root: Path) -> tuple[str, bool]:
     "HEAD's commit and whether tracked files differ from it (pipeline-written files excepted)."
-    commit = _git(root, "rev-parse", "HEAD") or "uncommitted"
+    commit = git(root, "rev-parse", "HEAD") or "uncommitted"
     records = [data_record(root, name).relative_to(root).as_posix() for name in DATA_RECORDS]
     excludes = [f":(exclude){p}" for p in [*PIPELINE_WRITTEN, *records]]
-    status = _git(root, "status", "--porcelain", "--untracked-files=no", "--", ".", *excludes)
+    status = git(root, "status", "--porcelain", "--untracked-files=no", "--", ".", *excludes)
     return commit, bool(status) if status is not None else True
 
 
@@ -73,9 +78,13 @@ def model_sha256(root: Path) -> str:
     return file_sha256(model) if model.is_file() else "none"
 
 
-def compute(root: Path, params_digest: str) -> Lineage:
+def compute(root: Path, params_digest: str, device_spec: str = "auto") -> Lineage:
+    from .device import describe
+    from .project import template_version
+
     commit, dirty = code_state(root)
-    return Lineage(commit, dirty, data_version(root), params_digest, model_sha256(root))
+    return Lineage(commit, dirty, data_version(root), params_digest, model_sha256(root),
+                   template_version=template_version(root), **describe(device_spec))
 
 
 def current() -> dict:

@@ -3,12 +3,16 @@ from __future__ import annotations
 
 import os
 import re
-import tomllib
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 
 from .errors import StagebookError
+
+try:
+    import tomllib
+except ModuleNotFoundError:  # Python 3.10
+    import tomli as tomllib
 
 STAGE_NAME = re.compile(r"^(\d\d)_[A-Za-z0-9_]+$")
 DEFAULTS = {"experiment": "stagebook", "sealed_test_stage": "06_sealed_test",
@@ -24,6 +28,20 @@ DATA_RECORDS = {"split_policy": "split_policy.json", "seal": "test.seal.json", "
 def data_record(root: Path, name: str) -> Path:
     "Where the data record `name` (a key of DATA_RECORDS) lives in this project."
     return root / Path(settings(root)["splits_file"]).parent / DATA_RECORDS[name]
+
+
+ANSWERS_FILE = ".copier-answers.yml"  # written by `stagebook new`: the template source and version a project came from
+
+
+def template_version(root: Path) -> str:
+    "The template version this project was rendered from; for the template itself, its own `git describe`."
+    answers = root / ANSWERS_FILE
+    if answers.is_file():
+        import yaml
+        return str((yaml.safe_load(answers.read_text(encoding="utf-8")) or {}).get("_commit", "unknown"))
+    from .lineage import git
+    described = git(root, "describe", "--tags", "--always")
+    return f"template@{described}" if described else "unknown"
 
 
 def find_root(start: Path | str | None = None) -> Path:

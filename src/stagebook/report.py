@@ -42,9 +42,17 @@ def lineage_block(ctx: dict) -> str:
     lin = ctx["lineage"]
     rows = [("Stage", ctx["stage"]), ("Code commit", lin["code_commit"][:12] + (" (uncommitted changes)" if lin["code_dirty"] else "")),
             ("Data version", lin["data_version"]), ("Params hash", lin["params_hash"]),
-            ("Model sha256", lin["model_sha256"][:16]), ("stagebook", lin["stagebook_version"]), ("Run at", ctx["created"])]
+            ("Model sha256", lin["model_sha256"][:16]), ("stagebook", lin["stagebook_version"]),
+            ("Template", lin.get("template_version", "unknown")), ("Device", _device_text(lin)), ("Run at", ctx["created"])]
     body = "\n".join(rf"{tex(k)} & \texttt{{{tex(v)}}} \\" for k, v in rows)
     return "\\begin{tabular}{ll}\n\\toprule\n" + body + "\n\\bottomrule\n\\end{tabular}"
+
+
+def _device_text(lin: dict) -> str:
+    "`cpu, torch 2.14.1` or `cuda (NVIDIA H100), torch 2.11.0, CUDA 12.8`."
+    device = lin.get("device", "cpu") + (f" ({lin['gpu']})" if lin.get("gpu") else "")
+    versions = [f"torch {lin['torch_version']}"] if lin.get("torch_version") else []
+    return ", ".join([device, *versions, *([f"CUDA {lin['cuda_version']}"] if lin.get("cuda_version") else [])])
 
 
 def table(df: pd.DataFrame, float_format: str = "{:.3f}") -> str:
