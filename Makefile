@@ -12,7 +12,7 @@ export DVC_NO_ANALYTICS := 1
 export MLFLOW_DISABLE_TELEMETRY := true
 export PYDEVD_DISABLE_FILE_VALIDATION := 1
 
-.PHONY: run test bench setup tex lab mlflow-ui export lock clean
+.PHONY: run test bench setup tex lab mlflow-ui export wheel lock clean
 
 run: setup tex
 	dvc repro
@@ -26,12 +26,22 @@ bench: setup tex
 
 setup: $(STAMP)
 
-$(STAMP): requirements.lock pyproject.toml
+# The template itself carries the toolkit's source (editable install; its own package via a .pth); a project made by
+# `stagebook new` installs the pinned toolkit wheel from wheels/ and its own package editable.
+$(STAMP): requirements.lock pyproject.toml $(wildcard wheels/stagebook-*.whl)
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info[:2] == (3, 11) else "stagebook: Python 3.11 is needed (found " + sys.version.split()[0] + "); set PYTHON=/path/to/python3.11")'
 	test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
 	@echo "stagebook: installing the pinned packages into $(VENV) (about 3 minutes the first time)"
 	$(VENV)/bin/python -m pip install -qq --disable-pip-version-check -r requirements.lock
-	$(VENV)/bin/python -m pip install -qq --disable-pip-version-check --no-deps --no-build-isolation -e .
+	@if [ -d src/stagebook ]; then \
+	  $(VENV)/bin/python -m pip install -qq --disable-pip-version-check --no-deps --no-build-isolation -e . && \
+	  echo "$(CURDIR)/src" > "$$($(VENV)/bin/python -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')/stagebook-example-src.pth"; \
+	else \
+	  $(VENV)/bin/python -m pip install -qq --disable-pip-version-check --no-deps --force-reinstall wheels/stagebook-*.whl && \
+	  $(VENV)/bin/python -m pip install -qq --disable-pip-version-check --no-deps --no-build-isolation -e .; \
+	fi
+	@# notebook-aware git diff and merge (nbdime) for this clone
+	@if [ -d .git ]; then $(BIN)/nbdime config-git --enable >/dev/null; fi
 	touch $(STAMP)
 
 # TeX Live from Debian's packages when we are root; otherwise say what to install.
@@ -43,13 +53,19 @@ tex:
 	else echo "stagebook: PDFs need TeX Live; run: sudo apt-get install $(TEX_PACKAGES)"; exit 1; fi
 
 lab: setup
-	jupyter lab --ip 127.0.0.1 --no-browser $$( [ "$$(id -u)" = 0 ] && echo --allow-root ) nbs/
+	@# saves go through the stored form (nbdev-clean, no outputs): opening and saving changes nothing git or DVC sees
+	jupyter lab --ip 127.0.0.1 --no-browser $$( [ "$$(id -u)" = 0 ] && echo --allow-root ) \
+	  --ContentsManager.pre_save_hook=stagebook.notebooks.pre_save_hook nbs/
 
 mlflow-ui: setup
 	MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false mlflow ui --backend-store-uri sqlite:///mlflow.db --host 127.0.0.1 --port 5000 --workers 1
 
 export: setup
 	nbdev-export
+
+# The toolkit's wheel (the template only): dist/stagebook-VERSION-py3-none-any.whl
+wheel: setup
+	python -c 'from stagebook.template import build_wheel; print(build_wheel(".", None, __import__("pathlib").Path("dist")))'
 
 lock: setup
 	{ head -1 requirements.lock; $(VENV)/bin/pip freeze --all --exclude-editable | grep -v -E '^(stagebook|pip==)'; } > requirements.lock.new && mv requirements.lock.new requirements.lock

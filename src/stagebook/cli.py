@@ -99,6 +99,40 @@ def _ledger(args) -> int:
     return 0 if ok else 1
 
 
+def _new(args) -> None:
+    import time
+
+    from .template import new, read_answers
+    started = time.perf_counter()
+    dest = new(Path(args.dir), args.title, package=args.package, example=args.example, repo_url=args.repo_url,
+               source=args.template, ref=args.ref, git=not args.no_git)
+    answers, _, version = read_answers(dest)
+    print(f"stagebook: new project '{answers.project_title}' in {dest} (package {answers.package}, template {version},"
+          f" stagebook {__version__}) in {time.perf_counter() - started:.1f} s")
+    print(f"stagebook: next: cd {args.dir} && make run" + ("" if answers.example == "digits" else
+          "  (first put your images in data/raw/, one sub-folder per class)"))
+
+
+def _update(args) -> int:
+    from .project import find_root
+    from .template import update
+    report = update(find_root(), ref=args.ref, source=args.template)
+    for line in report.lines():
+        print(line)
+    print(f"stagebook: {len(report.conflicts)} file(s) to review" + (f" (the template's versions are in update-review/)"
+          if report.conflicts else "") + "; see `git diff`, then commit")
+    return 0
+
+
+def _stage_new(args) -> None:
+    from .project import find_root
+    from .scaffold import new_stage
+    root = find_root()
+    for path in new_stage(root, args.name, report=args.report):
+        print(f"stagebook: wrote {path.relative_to(root)}")
+    print(f"stagebook: run it with `stagebook run {args.name}` or `dvc repro {args.name}`")
+
+
 def parser() -> argparse.ArgumentParser:
     top = argparse.ArgumentParser(prog="stagebook", description="Run and track the stage notebooks of a stagebook project.")
     top.add_argument("--version", action="version", version=f"stagebook {__version__}")
@@ -144,6 +178,30 @@ def parser() -> argparse.ArgumentParser:
     seal.add_argument("--reason", default="stagebook seal", help="why, for the ledger")
     seal.set_defaults(func=_seal)
     sub.add_parser("ledger", help="print the test-set ledger and verify its hash chain").set_defaults(func=_ledger)
+
+    new = sub.add_parser("new", help="render a new project from the template (copier), with git and the toolkit pinned")
+    new.add_argument("dir", help="folder for the new project (must not exist, or be empty)")
+    new.add_argument("--title", default="My stagebook project", help="the project's title")
+    new.add_argument("--package", help="the nbdev package the notebooks export to (default: from the title)")
+    new.add_argument("--example", choices=["digits", "none"], default="digits",
+                     help="keep the digits worked example (default) or start without data")
+    new.add_argument("--repo-url", default="", help="the project's git URL, for the notebooks' Colab set-up cell")
+    new.add_argument("--template", help="template repository path or git URL (default: $STAGEBOOK_TEMPLATE or this toolkit's source)")
+    new.add_argument("--ref", help="template git ref (default: its latest tag, else HEAD with uncommitted changes)")
+    new.add_argument("--no-git", action="store_true", help="do not initialise git")
+    new.set_defaults(func=_new)
+
+    update = sub.add_parser("update", help="merge a newer template version into this project (notebooks cell-wise)")
+    update.add_argument("--ref", help="template git ref to update to (default: its latest tag, else HEAD)")
+    update.add_argument("--template", help="template path or git URL (default: the one the project was made from)")
+    update.set_defaults(func=_update)
+
+    stage_cmd = sub.add_parser("stage", help="add a stage: `stagebook stage new 07_name`")
+    stage_sub = stage_cmd.add_subparsers(dest="stage_command", required=True)
+    stage_new = stage_sub.add_parser("new", help="a notebook, params file, dvc.yaml entry (and report template)")
+    stage_new.add_argument("name", help="two digits and a name, e.g. 07_deployment")
+    stage_new.add_argument("--report", action="store_true", help="also write reports/templates/NAME.texw (a PDF)")
+    stage_new.set_defaults(func=_stage_new)
 
     sub.add_parser("stages", help="list the project's stages in order").set_defaults(func=_stages)
     sub.add_parser("lineage", help="print the current code commit, data version and model hash").set_defaults(func=_lineage)
