@@ -270,8 +270,8 @@ def export_package(root: Path) -> None:
 
 
 def configure_git(root: Path) -> None:
-    "nbdime's notebook-aware diff and merge drivers (.gitattributes, committed; the drivers in .git/config, which
-    `make setup` repeats in every clone)."
+    """nbdime's notebook-aware diff and merge drivers: .gitattributes (committed) and .git/config (which
+    `make setup` repeats in every clone)."""
     exe = Path(sys.executable).parent / "nbdime"
     _run([str(exe) if exe.is_file() else "nbdime", "config-git", "--enable"], "configure nbdime's git drivers", root)
 
