@@ -224,7 +224,8 @@ def build_wheel(source: str, ref: str | None, out: Path) -> Path:
                         ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
         built = Path(tmp) / "dist"
         _run([sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "--no-build-isolation",
-              "--disable-pip-version-check", "-w", str(built), tmp], "build the stagebook wheel")
+              "--disable-pip-version-check", "-w", str(built), tmp], "build the stagebook wheel",
+             env={**os.environ, "SOURCE_DATE_EPOCH": "315532800"})  # the same source builds the same bytes
         wheel = next(built.glob("stagebook-*.whl"))
         out.mkdir(parents=True, exist_ok=True)
         for old in out.glob("stagebook-*.whl"):
@@ -232,8 +233,8 @@ def build_wheel(source: str, ref: str | None, out: Path) -> Path:
         return Path(shutil.copy(wheel, out / wheel.name))
 
 
-def _run(cmd: list[str], what: str, cwd: Path | None = None) -> str:
-    done = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True)
+def _run(cmd: list[str], what: str, cwd: Path | None = None, env: dict | None = None) -> str:
+    done = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, env=env)
     if done.returncode != 0:
         detail = (done.stderr.strip() or done.stdout.strip()).splitlines()
         raise StagebookError(f"could not {what}: {detail[-1] if detail else 'exit ' + str(done.returncode)}")
@@ -335,7 +336,9 @@ class UpdateReport:
         for label, paths in (("updated", self.updated), ("merged (both changed)", self.merged), ("added", self.added),
                              ("removed", self.removed), ("kept yours (you removed or changed it)", self.kept)):
             out += [f"  {label}: {p}" for p in paths]
-        out += [f"  REVIEW {p}: yours is kept; the template's version is {REVIEW_DIR}/{p}" for p in self.conflicts]
+        out += [f"  REVIEW {p}: both changed the same lines; yours is kept there"
+                f"{' (the template changed other cells too, merged)' if p.endswith('.ipynb') else ''};"
+                f" the template's version is {REVIEW_DIR}/{p}" for p in self.conflicts]
         return out
 
 
@@ -356,13 +359,18 @@ def update(root: Path, ref: str | None = None, source: str | None = None) -> Upd
         base, theirs = Path(tmp) / "base", Path(tmp) / "new"
         render(source, base, answers, old)
         new_version = render(source, theirs, answers, ref)
-        build_wheel(source, old, base / "wheels")
         build_wheel(source, ref, theirs / "wheels")
-        skip = {f"src/{answers.package}/", ANSWERS_FILE, "README.md"}  # regenerated or the team's own
+        skip = {f"src/{answers.package}/", ANSWERS_FILE, "README.md", "wheels/"}  # regenerated or the team's own
         report = UpdateReport(old, new_version, [], [], [], [], [], [])
         for rel in sorted(_files(base, skip) | _files(theirs, skip)):
             _update_one(rel, base / rel, root / rel, theirs / rel, root, report)
         shutil.copy(theirs / ANSWERS_FILE, root / ANSWERS_FILE)
+        old_wheels, new_wheel = sorted((root / "wheels").glob("stagebook-*.whl")), next((theirs / "wheels").glob("*.whl"))
+        if [w.name for w in old_wheels] != [new_wheel.name] or not _same(old_wheels[0], new_wheel):
+            for wheel in old_wheels:
+                wheel.unlink()
+            shutil.copy(new_wheel, root / "wheels" / new_wheel.name)
+            report.updated.append(f"wheels/{new_wheel.name}")
     export_package(root)
     return report
 
@@ -397,10 +405,10 @@ def _update_one(rel: str, base: Path, mine: Path, theirs: Path, root: Path, repo
             _to_review(rel, theirs, root, report)  # both added a file of that name
         return
     merged = _merge_notebook(base, mine, theirs) if rel.endswith(".ipynb") else _merge_text(base, mine, theirs)
-    if merged is None:
-        _to_review(rel, theirs, root, report)
-    else:
+    if merged:
         report.merged.append(rel)
+    else:
+        _to_review(rel, theirs, root, report)
 
 
 def _to_review(rel: str, theirs: Path, root: Path, report: UpdateReport) -> None:
@@ -410,29 +418,34 @@ def _to_review(rel: str, theirs: Path, root: Path, report: UpdateReport) -> None
     report.conflicts.append(rel)
 
 
-def _merge_text(base: Path, mine: Path, theirs: Path) -> bool | None:
-    "git merge-file's three-way merge; None (and `mine` untouched) when it conflicts or the file is not text."
+def _merge_text(base: Path, mine: Path, theirs: Path) -> bool:
+    "git merge-file's three-way merge; False (and `mine` untouched) when it conflicts or the file is not text."
     try:
         for path in (base, mine, theirs):
             path.read_text(encoding="utf-8")
     except UnicodeDecodeError:
-        return None
+        return False
     done = subprocess.run(["git", "merge-file", "-p", str(mine), str(base), str(theirs)], capture_output=True)
     if done.returncode != 0:
-        return None
+        return False
     mine.write_bytes(done.stdout)
     return True
 
 
-def _merge_notebook(base: Path, mine: Path, theirs: Path) -> bool | None:
-    "nbdime's cell-wise merge; None when any decision conflicts. The result is validated and stored clean."
+def _merge_notebook(base: Path, mine: Path, theirs: Path) -> bool:
+    """nbdime's cell-wise merge, stored clean and validated. True when it merged cleanly; on a conflict the team's
+    side wins in the conflicting cells (the template's other changes still apply) and the caller asks for a review."""
+    from argparse import Namespace
+
     import nbformat
     from nbdime.merging import merge_notebooks
 
     books = [nbformat.read(p, as_version=4) for p in (base, mine, theirs)]
-    merged, decisions = merge_notebooks(*books)
-    if any(d.conflict for d in decisions):
-        return None
+    inline = Namespace(merge_strategy="inline", input_strategy=None, output_strategy=None, ignore_transients=True,
+                       log_level="WARNING")
+    _, decisions = merge_notebooks(*books, args=inline)
+    clean = not any(d.conflict for d in decisions)
+    merged, _ = merge_notebooks(*books, args=Namespace(**{**vars(inline), "merge_strategy": "use-local"}))
     nbformat.validate(merged)
     notebooks.write_clean(merged, mine)
-    return True
+    return clean
