@@ -104,10 +104,11 @@ def grad_cam(model, layer, x, target: np.ndarray) -> np.ndarray:
     hooks = [layer.register_forward_hook(lambda m, i, o: saved.__setitem__("act", o)),
              layer.register_full_backward_hook(lambda m, gi, go: saved.__setitem__("grad", go[0]))]
     try:
-        x = torch.as_tensor(x).clone().requires_grad_(True)
+        device = next(model.parameters()).device  # on the GPU when the model is
+        x = torch.as_tensor(x).to(device).clone().requires_grad_(True)
         logits = model(x)
         model.zero_grad()
-        logits.gather(1, torch.as_tensor(target).view(-1, 1)).sum().backward()
+        logits.gather(1, torch.as_tensor(target).to(device).view(-1, 1)).sum().backward()
         act, grad = saved["act"].detach(), saved["grad"].detach()
     finally:
         for hook in hooks:
@@ -116,4 +117,4 @@ def grad_cam(model, layer, x, target: np.ndarray) -> np.ndarray:
     cam = F.relu((weights * act).sum(1, keepdim=True))
     cam = F.interpolate(cam, size=x.shape[-2:], mode="bilinear", align_corners=False)[:, 0]
     peak = cam.flatten(1).max(1).values.clamp_min(1e-12)
-    return (cam / peak[:, None, None]).numpy()
+    return (cam / peak[:, None, None]).cpu().numpy()

@@ -60,7 +60,7 @@ def _torch_cuda_build() -> str:
     return found.group(1) if found else ""
 
 
-def _gpu_names() -> list[str]:
+def gpu_names() -> list[str]:
     "NVIDIA GPUs the driver reports (no torch import); respects CUDA_VISIBLE_DEVICES=\"\" (none)."
     if os.environ.get("CUDA_VISIBLE_DEVICES", None) == "":
         return []
@@ -78,7 +78,7 @@ def describe(spec: str = "auto") -> dict:
     except metadata.PackageNotFoundError:
         torch_version = ""
     cuda = _torch_cuda_build()
-    gpus = _gpu_names() if cuda else []
+    gpus = gpu_names() if cuda else []
     spec = str(spec).lower()
     uses_gpu = bool(gpus) and spec != "cpu"
     return {"device": ("cuda" if spec == "auto" else spec) if uses_gpu else "cpu",

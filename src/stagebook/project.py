@@ -20,6 +20,9 @@ DEFAULTS = {"experiment": "stagebook", "sealed_test_stage": "06_sealed_test",
             "splits_file": "data/splits.csv", "model_file": "models/model.pth"}
 
 
+ENV_OVERRIDES = {"tracking_uri": "STAGEBOOK_TRACKING_URI", "artifact_root": "STAGEBOOK_ARTIFACT_ROOT"}
+
+
 # Records the pipeline keeps beside the split manifest (paths derive from `splits_file`); commit them with the project.
 DATA_RECORDS = {"split_policy": "split_policy.json", "seal": "test.seal.json", "ledger": "test_ledger.jsonl",
                 "test_results": "test_results"}
@@ -66,7 +69,9 @@ def settings(root: Path) -> dict:
     unknown = sorted(set(table) - set(DEFAULTS))
     if unknown:
         raise StagebookError(f"{cfg}: unknown key(s) {unknown} in [tool.stagebook]; known keys are {sorted(DEFAULTS)}.")
-    return {**DEFAULTS, **table}
+    # The Colab set-up cell moves the tracking store to Drive through these, without editing pyproject.toml.
+    overrides = {key: os.environ[var] for key, var in ENV_OVERRIDES.items() if os.environ.get(var)}
+    return {**DEFAULTS, **table, **overrides}
 
 
 @dataclass(frozen=True)

@@ -84,6 +84,8 @@ def run_sweep(stage_ref: str, grid: dict[str, list], fixed: list[str] = (), jobs
 
     jobs = max(1, min(jobs, len(combos)))
     threads = max(1, (os.cpu_count() or 1) // jobs)
+    from .device import gpu_names
+    gpus = len(gpu_names())  # several GPUs: variants take turns round the GPUs; one GPU: they share it
     started = time.perf_counter()
 
     def one(index_combo):
@@ -94,7 +96,9 @@ def run_sweep(stage_ref: str, grid: dict[str, list], fixed: list[str] = (), jobs
         cmd = [sys.executable, "-m", "stagebook.cli", "run", stage.name, "--variant-dir", str(folder),
                "--run-name", f"{stage.name} {name}", *(["--parent-run", parent_run_id] if parent_run_id else []),
                *([] if track else ["--no-track"]), *itertools.chain.from_iterable(("--set", s) for s in sets)]
-        env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
+        env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads),
+               **({"CUDA_VISIBLE_DEVICES": str(index % gpus)} if gpus > 1 else {}),
+               "PYTORCH_CUDA_ALLOC_CONF": os.environ.get("PYTORCH_CUDA_ALLOC_CONF", "expandable_segments:True")}
         t0 = time.perf_counter()
         proc = subprocess.run(cmd, cwd=root, env=env, capture_output=True, text=True)
         metrics_file = folder / "metrics.json"

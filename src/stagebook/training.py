@@ -180,10 +180,13 @@ class KeepBest(Callback):
 
 def make_learner(model: nn.Module, x_train, y_train, x_valid, y_valid, batch_size: int, seed: int,
                  weight_decay: float = 0.0, augment=None, progress: bool = False, metrics=None,
-                 fast: bool = True) -> Learner:
+                 fast: bool = True, device=None, mixed_precision: bool = False) -> Learner:
     """A fastai Learner over in-memory tensors: AdamW, plain cross-entropy, seeded shuffling and augmentation.
 
-    `fast=False` gives fastai's stock Learner and OptimWrapper on the same data (the tests compare the two).
+    `device` (a torch.device, default CPU) is where batches and the model go: fastai moves the model to
+    `dls.device` when fitting, so the loaders' device is the one that counts. `mixed_precision` uses fastai's
+    fp16 callback on CUDA (ignored on the CPU). `fast=False` gives fastai's stock Learner and OptimWrapper on the
+    same data (the tests compare the two).
     """
     from fastai.callback.progress import ProgressCallback
     from fastai.metrics import accuracy
@@ -193,12 +196,16 @@ def make_learner(model: nn.Module, x_train, y_train, x_valid, y_valid, batch_siz
     valid = TensorLoader(tensors[2], tensors[3], 1024)
     from fastai.data.core import DataLoaders
     learner, wrapper = (FastLearner, FastOptimWrapper) if fast else (Learner, OptimWrapper)
-    learn = learner(DataLoaders(train, valid, device="cpu"), model, loss_func=nn.CrossEntropyLoss(),
+    device = torch.device(device or "cpu")
+    learn = learner(DataLoaders(train.to(device), valid.to(device), device=device), model.to(device),
+                    loss_func=nn.CrossEntropyLoss(),
                     opt_func=partial(wrapper, opt=torch.optim.AdamW), wd=weight_decay,
                     metrics=metrics if metrics is not None else [accuracy], path=Path(tempfile.gettempdir()))
     learn.remove_cb(CastToTensor)  # our batches are plain tensors already; the cast slows every operation down
     if not progress:
         learn.remove_cb(ProgressCallback)
+    if mixed_precision and device.type == "cuda":
+        learn.to_fp16()
     return learn
 
 
@@ -212,8 +219,14 @@ def epoch_history(learn: Learner) -> dict[str, list[float]]:
 def predict_proba(model: nn.Module, x, batch_size: int = 1024) -> np.ndarray:
     "Softmax probabilities for (N, C, H, W) inputs, in eval mode."
     model.eval()
-    x = torch.as_tensor(x)
-    return torch.cat([torch.softmax(model(x[i:i + batch_size]), 1) for i in range(0, len(x), batch_size)]).numpy()
+    x, device = torch.as_tensor(x), _device_of(model)
+    return torch.cat([torch.softmax(model(x[i:i + batch_size].to(device)), 1).float().cpu()
+                      for i in range(0, len(x), batch_size)]).numpy()
+
+
+def _device_of(model: nn.Module) -> torch.device:
+    "Where the model's weights are (inputs follow the model, so prediction works on CPU and GPU alike)."
+    return next(model.parameters(), torch.empty(0)).device
 
 
 def accuracy(model: nn.Module, x, y) -> float:
@@ -224,7 +237,8 @@ def accuracy(model: nn.Module, x, y) -> float:
 def check_init_loss(model: nn.Module, xb, yb, n_classes: int, tolerance: float = 0.1) -> float:
     "The loss of the untrained model must be within `tolerance` (relative) of ln(n_classes); returns the loss."
     model.eval()
-    loss = float(nn.functional.cross_entropy(model(torch.as_tensor(xb)), torch.as_tensor(yb)))
+    device = _device_of(model)
+    loss = float(nn.functional.cross_entropy(model(torch.as_tensor(xb).to(device)), torch.as_tensor(yb).to(device)))
     expected = math.log(n_classes)
     if abs(loss - expected) > tolerance * expected:
         raise RecipeCheckFailed(f"sanity check failed: loss at initialisation is {loss:.3f}, more than"
@@ -235,7 +249,8 @@ def check_init_loss(model: nn.Module, xb, yb, n_classes: int, tolerance: float =
 
 def overfit_one_batch(model: nn.Module, xb, yb, lr: float, max_steps: int, threshold: float) -> list[float]:
     "Train on one batch until its loss is below `threshold`; fails the stage if `max_steps` are not enough."
-    xb, yb = torch.as_tensor(xb), torch.as_tensor(yb)
+    device = _device_of(model)
+    xb, yb = torch.as_tensor(xb).to(device), torch.as_tensor(yb).to(device)
     model.train()
     optimizer = torch.optim.Adam(model.parameters(), lr=lr) if any(p.requires_grad for p in model.parameters()) else None
     losses = []
