@@ -1,9 +1,14 @@
 """Fixtures: a minimal stagebook project in a temp folder, with tiny real notebooks (no fake tools)."""
 from __future__ import annotations
 
+import json
 import os
+import socket
 import subprocess
 import sys
+import time
+import urllib.request
+from contextlib import contextmanager
 from pathlib import Path
 
 import nbformat
@@ -66,3 +71,56 @@ def toy_stage(project: Path) -> Path:
                      "assert not fail, 'asked to fail'\nstage.log_metrics({'score': 0.5 * scale, 'count': 3})",
                      "fig, ax = plt.subplots(); ax.plot([1, 2]); stage.log_figure(fig, 'curve')\n"
                      "stage.log_table(pd.DataFrame({'a': [1]}), 'tiny')")
+
+
+# What a browser's JupyterLab adds to a notebook it opened and ran (kernel metadata, counts, outputs).
+FRONT_END = {"kernelspec": {"display_name": "Python 3 (ipykernel)", "language": "python", "name": "python3"},
+             "language_info": {"codemirror_mode": {"name": "ipython", "version": 3}, "file_extension": ".py",
+                               "mimetype": "text/x-python", "name": "python", "nbconvert_exporter": "python",
+                               "pygments_lexer": "ipython3", "version": "3.11.7"}}
+
+
+@contextmanager
+def jupyter_lab(root: Path):
+    "A real JupyterLab server on `root/nbs`, started as `make lab` starts it; yields `call(method, path, body)`."
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    token = "stagebook-test"
+    server = subprocess.Popen([str(BIN / "jupyter"), "lab", "--ip", "127.0.0.1", f"--port={port}", "--no-browser",
+                               "--allow-root", f"--IdentityProvider.token={token}",
+                               "--ContentsManager.pre_save_hook=stagebook.notebooks.pre_save_hook", "nbs/"],
+                              cwd=root, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+    def call(method: str, path: str, body: dict | None = None) -> dict:
+        request = urllib.request.Request(f"http://127.0.0.1:{port}/api/contents/{path}", method=method,
+                                         headers={"Authorization": f"token {token}", "Content-Type": "application/json"},
+                                         data=json.dumps(body).encode() if body is not None else None)
+        with urllib.request.urlopen(request, timeout=30) as reply:
+            return json.load(reply)
+
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                call("GET", "")
+                break
+            except OSError:
+                if time.monotonic() > deadline or server.poll() is not None:
+                    raise RuntimeError("JupyterLab did not start within 60 s") from None
+                time.sleep(0.3)
+        yield call
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+
+
+def save_as_a_browser_would(call, name: str) -> None:
+    "GET a notebook, add what the front end adds when it runs every cell, and PUT it back (JupyterLab's save)."
+    content = call("GET", f"{name}?content=1&type=notebook")["content"]
+    content["metadata"].update(FRONT_END)
+    for cell in content["cells"]:
+        if cell["cell_type"] == "code":
+            cell["execution_count"] = 7
+            cell["outputs"] = [{"output_type": "stream", "name": "stdout", "text": "ran\n"}]
+    call("PUT", name, {"type": "notebook", "format": "json", "content": content})

@@ -1,6 +1,8 @@
-"""The whole template pipeline, through `dvc repro`, on a small subset of the embedded digits (about 2-3 minutes)."""
+"""The whole pipeline of a project rendered by `stagebook new`, through `dvc repro`, on a small subset of the embedded
+digits (about 2-3 minutes)."""
 import json
 import os
+import re
 import shutil
 import subprocess
 from pathlib import Path
@@ -38,8 +40,9 @@ def _stagebook(root: Path, *args: str) -> subprocess.CompletedProcess:
 
 
 def _all_runs(root: Path) -> list:
+    from stagebook.project import settings
     client = MlflowClient(f"sqlite:///{root / 'mlflow.db'}")
-    exp = client.get_experiment_by_name("digits")
+    exp = client.get_experiment_by_name(settings(root)["experiment"])
     return client.search_runs([exp.experiment_id], order_by=["attributes.start_time ASC"], max_results=1000)
 
 
@@ -54,19 +57,19 @@ def _children(root: Path, run) -> list:
 
 @pytest.fixture(scope="module")
 def pipeline(tmp_path_factory) -> Path:
-    "A copy of the template (tracked files only, as a clone has them) run once end to end on the subset."
-    root = tmp_path_factory.mktemp("e2e") / "project"
-    for rel in git(REPO, "ls-files").splitlines():
-        if (REPO / rel).is_file():
-            (root / rel).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(REPO / rel, root / rel)
+    "A project rendered from this template by `stagebook new`, run once end to end on the subset."
+    from stagebook.template import new
+    root = new(tmp_path_factory.mktemp("e2e") / "project", "Digits e2e", source=str(REPO))
     for stage, values in SMALL.items():
         _set_params(root, stage, **values)
-    git(root, "init", "-q")
-    git(root, "add", "-A")
-    git(root, "commit", "-qm", "copy of the template")
-    _dvc_repro(root)
-    return root
+    git(root, "commit", "-qam", "a small subset for the test")
+    saved = os.environ.get("PYTHONPATH")
+    os.environ["PYTHONPATH"] = str(root / "src")  # the project's package, as its `make setup` installs it
+    try:
+        _dvc_repro(root)
+        yield root
+    finally:
+        os.environ.pop("PYTHONPATH") if saved is None else os.environ.__setitem__("PYTHONPATH", saved)
 
 
 def test_first_repro_runs_every_stage_once_with_lineage(pipeline: Path):
@@ -88,6 +91,41 @@ def test_first_repro_runs_every_stage_once_with_lineage(pipeline: Path):
 
 def _pdf_text(pdf: Path) -> str:
     return subprocess.run(["pdftotext", "-layout", str(pdf), "-"], capture_output=True, text=True, check=True).stdout
+
+
+def test_lineage_names_the_toolkit_and_template_versions(pipeline: Path):
+    from stagebook import __version__
+    from stagebook.project import template_version
+    version = template_version(pipeline)
+    assert version and version != "unknown"
+    for metrics in (pipeline / "metrics").glob("*.json"):
+        lineage = json.loads(metrics.read_text())["lineage"]
+        assert (lineage["stagebook_version"], lineage["template_version"]) == (__version__, version), metrics.name
+        assert lineage["device"] == "cpu" and lineage["torch_version"]
+    text = subprocess.run(["pdftotext", "-layout", str(pipeline / "reports/06_sealed_test.pdf"), "-"],
+                          capture_output=True, text=True, check=True).stdout
+    assert re.search(rf"stagebook\s+{re.escape(__version__)}", text) and re.search(rf"Template\s+{re.escape(version)}", text)
+
+
+def test_saving_notebooks_in_jupyterlab_leaves_git_and_dvc_still(pipeline: Path):
+    from conftest import jupyter_lab, save_as_a_browser_would
+    status = subprocess.run(["dvc", "status"], cwd=pipeline, capture_output=True, text=True).stdout
+    assert "up to date" in status
+    tracked = git(pipeline, "status", "--porcelain", "--untracked-files=no")
+    with jupyter_lab(pipeline) as call:
+        for path in sorted((pipeline / "nbs").glob("*.ipynb")):
+            save_as_a_browser_would(call, path.name)
+    assert subprocess.run(["dvc", "status"], cwd=pipeline, capture_output=True, text=True).stdout == status
+    assert git(pipeline, "status", "--porcelain", "--untracked-files=no") == tracked
+
+
+def test_nbdev_test_runs_the_notebooks_and_skips_the_sealed_read(pipeline: Path):
+    ledger = (pipeline / "data/test_ledger.jsonl").read_bytes()
+    for name in ("00_problem_page", "03_literature_notes", "06_sealed_test"):
+        done = subprocess.run(["nbdev-test", "--path", f"nbs/{name}.ipynb", "--n_workers", "0"], cwd=pipeline,
+                              capture_output=True, text=True)
+        assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    assert (pipeline / "data/test_ledger.jsonl").read_bytes() == ledger  # no test read, no ledger line
 
 
 def test_outputs_and_deliverables(pipeline: Path):

@@ -3,7 +3,6 @@
 This module travels into every project `stagebook new` renders (copier.yml keeps it), so it reads the project it
 sits in and assumes nothing about the worked example but where it says so.
 """
-import ast
 import filecmp
 import shutil
 import subprocess
@@ -53,12 +52,12 @@ def test_notebooks_are_stored_in_nbdev_clean_form(tmp_path: Path):
 
 
 @pytest.mark.parametrize("stage", STAGES, ids=lambda s: s.name)
-def test_parameters_cell_defaults_equal_the_params_file(stage):
+def test_parameters_cell_names_the_params_file_keys(stage):
+    "Same names; the values may differ: the params file is the one source of truth, papermill injects it."
     book = nbformat.read(stage.notebook, as_version=4)
     tagged = [c for c in book.cells if "parameters" in c.metadata.get("tags", [])]
     assert len(tagged) == 1, f"{stage.notebook} needs exactly one cell tagged 'parameters'"
-    defaults = {name: ast.literal_eval(p["default"]) for name, p in papermill.inspect_notebook(str(stage.notebook)).items()}
-    assert defaults == load_params(stage.params_file)
+    assert set(papermill.inspect_notebook(str(stage.notebook))) == set(load_params(stage.params_file))
 
 
 @pytest.mark.parametrize("stage", STAGES, ids=lambda s: s.name)

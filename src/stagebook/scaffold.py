@@ -37,7 +37,7 @@ print(lineage_block(ctx))
 <<echo=False, results='tex'>>=
 shown = {{k: v for k, v in m.items() if isinstance(v, (int, float))}}
 print(table(pd.DataFrame({{"metric": list(shown), "value": [float(v) for v in shown.values()]}}))
-      if shown else "This stage logged no metric yet: call stage.log_metrics in the notebook.")
+      if shown else tex("This stage logged no metric yet: call stage.log_metrics in the notebook."))
 @
 
 \end{{document}}
