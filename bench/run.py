@@ -1,6 +1,6 @@
 """Benchmarks, each against a bare baseline measured in the same run.
 
-    make bench            (or: .venv/bin/python bench/run.py [--only pipeline,audit,split] [--repeats N])
+    make bench            (or: .venv/bin/python bench/run.py [--only pipeline,audit,split,template] [--repeats N])
 
 pipeline: `stagebook run 02_baseline` against bare `papermill` on the same notebook and params file (target: ratio
           <= 1.10; the difference is lineage, the MLflow runs and output promotion; timed without the stage's PDF,
@@ -14,6 +14,9 @@ train:    the stage-04 training loop (fastai Learner over in-memory tensors, `st
           ratio >= 0.85); fastai's generic DataLoader (item-wise collate) is shown for reference.
 stage04:  a full `stagebook run 04_tuning` with the default params (target: under 180 s), and the same 4-variant
           sweep with 1 and with 2 parallel processes (the parallel speed-up).
+template: `stagebook new` (copier render, package rename, toolkit wheel, nbdev export, git) against a bare
+          `git clone` of the template; and the notebooks' Colab set-up cell outside Colab, executed first thing in a
+          fresh interpreter, against a bare statement there (target: under 50 ms).
 split:    sticky split of 1,000,000 manifest rows with groups and duplicate clusters (target: under 5 s), against
           pandas reading the same rows from CSV; then the re-split after 10% more rows arrive.
 """
@@ -304,10 +307,38 @@ def bench_stage04() -> list[dict]:
              "target": None, "ok": True, "speedup": serial / parallel}]
 
 
+def bench_template(repeats: int) -> list[dict]:
+    from stagebook.colab import setup_cell
+
+    ours, bare = [], []
+    with tempfile.TemporaryDirectory(prefix="stagebook-bench-") as tmp:
+        for i in range(repeats):  # interleaved
+            ours.append(timed([str(BIN / "stagebook"), "new", f"{tmp}/new{i}", "--title", f"Bench {i}"], Path(tmp)))
+            bare.append(timed(["git", "clone", "--quiet", str(REPO), f"{tmp}/clone{i}"], Path(tmp)))
+    probe = ("import time, sys; t = time.perf_counter(); exec(compile(sys.stdin.read(), 'cell', 'exec'), {});"
+             " print(time.perf_counter() - t)")
+    cell, nothing = [], []
+    for _ in range(repeats * 4):
+        for source, into in ((setup_cell("https://example.org/p.git"), cell), ("pass", nothing)):
+            done = subprocess.run([sys.executable, "-c", probe], input=source, capture_output=True, text=True,
+                                  env=ENV, check=True)
+            into.append(float(done.stdout))
+    header()
+    spread = lambda xs: f"{min(xs) * 1000:.1f}-{max(xs) * 1000:.1f} ms"
+    results = [row("stagebook new vs git clone of the template", statistics.median(ours), statistics.median(bare),
+                   float("inf"))]
+    median_ms = statistics.median(cell) * 1000
+    print(f"{'Colab set-up cell outside Colab (fresh kernel)':<44} {median_ms:8.2f} ms {statistics.median(nothing) * 1000:6.3f} ms"
+          f"  target < 50 ms  {'ok' if median_ms < 50 else 'OVER TARGET'}  (spread {spread(cell)})")
+    print(f"samples: stagebook new {[round(t, 2) for t in ours]}, git clone {[round(t, 2) for t in bare]}")
+    return results + [{"name": "colab cell outside Colab (ms)", "ours_s": median_ms / 1000, "baseline_s": 0.05,
+                       "ratio": median_ms / 50, "target": 1.0, "ok": median_ms < 50}]
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--only", default="train,stage04,pipeline,audit,split",
-                    help="comma-separated: train, stage04, pipeline, audit, split")
+    ap.add_argument("--only", default="train,stage04,pipeline,audit,split,template",
+                    help="comma-separated: train, stage04, pipeline, audit, split, template")
     ap.add_argument("--repeats", type=int, default=5, help="alternating repetitions of each timed command")
     args = ap.parse_args()
     chosen = set(args.only.split(","))
@@ -322,6 +353,8 @@ def main() -> None:
         results += bench_audit()
     if "pipeline" in chosen:
         results += bench_pipeline(args.repeats)
+    if "template" in chosen:
+        results += bench_template(args.repeats)
     out = REPO / "bench" / "results"
     out.mkdir(exist_ok=True)
     (out / "latest.json").write_text(json.dumps(results, indent=2))

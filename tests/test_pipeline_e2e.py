@@ -122,7 +122,7 @@ def test_saving_notebooks_in_jupyterlab_leaves_git_and_dvc_still(pipeline: Path)
 def test_nbdev_test_runs_the_notebooks_and_skips_the_sealed_read(pipeline: Path):
     ledger = (pipeline / "data/test_ledger.jsonl").read_bytes()
     for name in ("00_problem_page", "03_literature_notes", "06_sealed_test"):
-        done = subprocess.run(["nbdev-test", "--path", f"nbs/{name}.ipynb", "--n_workers", "0"], cwd=pipeline,
+        done = subprocess.run(["nbdev-test", f"nbs/{name}.ipynb", "--n-workers", "0"], cwd=pipeline,
                               capture_output=True, text=True)
         assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
     assert (pipeline / "data/test_ledger.jsonl").read_bytes() == ledger  # no test read, no ledger line
