@@ -1,5 +1,6 @@
 """`stagebook run` end to end on a toy stage: real papermill, real MLflow (SQLite), real files."""
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -36,6 +37,11 @@ def test_a_run_records_outputs_and_one_mlflow_run(toy_stage: Path):
     tags = run.data.tags
     assert tags["stagebook.stage"] == "01_toy" and tags["stagebook.params_hash"] == result.lineage.params_hash
     assert tags["stagebook.code_commit"] == result.lineage.code_commit and tags["stagebook.data_version"] == "none"
+    assert tags["stagebook.pid"] == str(os.getpid())  # the runner's process, so a ghost can be found after kill -9
+    from stagebook import __version__
+    assert tags["stagebook.stagebook_version"] == __version__ and tags["stagebook.device"] == "cpu"
+    experiment = MlflowClient(tracking_uri(toy_stage)).get_experiment_by_name("demo")
+    assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"  # the UI opens on the runs
     artifacts = {a.path for a in MlflowClient(tracking_uri(toy_stage)).list_artifacts(run.info.run_id)}
     assert {"01_toy.ipynb", "01_toy.json", "figures", "tables"} <= artifacts
 

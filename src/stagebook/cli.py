@@ -49,6 +49,21 @@ def _stages(args) -> None:
         print(stage.name)
 
 
+def _runs(args) -> None:
+    from .project import find_root
+    from .runlock import reap_dead
+    from .tracking import recent_runs
+
+    root = find_root()
+    reap_dead(root)
+    table = recent_runs(root, args.last)
+    if table.empty:
+        print("stagebook: no runs recorded yet; `stagebook run STAGE` or `dvc repro` records them")
+        return
+    print(table.to_string(index=False, na_rep="-", float_format=lambda v: f"{v:.4g}"))
+    print("stagebook: * = uncommitted changes; details: make mlflow-ui")
+
+
 def _lineage(args) -> None:
     import json
 
@@ -202,6 +217,10 @@ def parser() -> argparse.ArgumentParser:
     stage_new.add_argument("name", help="two digits and a name, e.g. 07_deployment")
     stage_new.add_argument("--report", action="store_true", help="also write reports/templates/NAME.texw (a PDF)")
     stage_new.set_defaults(func=_stage_new)
+
+    runs = sub.add_parser("runs", help="the last runs of each stage: status, key metric, commit")
+    runs.add_argument("--last", type=int, default=3, help="runs per stage (default 3)")
+    runs.set_defaults(func=_runs)
 
     sub.add_parser("stages", help="list the project's stages in order").set_defaults(func=_stages)
     sub.add_parser("lineage", help="print the current code commit, data version and model hash").set_defaults(func=_lineage)

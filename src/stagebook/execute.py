@@ -16,6 +16,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from . import lineage as lineage_mod
+from . import runlock
 from .errors import StagebookError
 from .iorw import atomic_write_text, replace_tree
 from .params import load_params, params_hash, parse_overrides
@@ -64,6 +65,18 @@ def run_stage(ref: str, overrides: list[str] = (), root: Path | None = None, tra
     lineage = lineage_mod.compute(root, params_hash(params), str(params.get("device", "auto")))
 
     staging = Path(variant_dir) if variant_dir else root / "reports" / ".staging" / stage.name
+    runlock.reap_dead(root)  # runs killed earlier: KILLED in MLflow, their folders removed
+    lock = None if variant_dir else runlock.acquire(root, stage.name, staging)  # one run per stage at a time
+    try:
+        return _run_locked(root, stage, params, lineage, staging, track, log_output, variant_dir, parent_run_id,
+                           run_name)
+    finally:
+        if lock is not None:
+            runlock.release(lock)
+
+
+def _run_locked(root: Path, stage: Stage, params: dict, lineage, staging: Path, track: bool, log_output: bool,
+                variant_dir: Path | None, parent_run_id: str | None, run_name: str | None) -> RunResult:
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir(parents=True)
     executed = staging / f"{stage.name}.ipynb"
@@ -203,7 +216,7 @@ def _local_kernel_manager():
         def __init__(self, **kwargs):
             # Each kernel's sockets in a private folder: with the default prefix in the working directory, kernels
             # started at the same moment (a parallel sweep) raced for the same socket names and hung.
-            prefix = Path(tempfile.mkdtemp(prefix="stagebook-kernel-")) / "k"
+            prefix = Path(tempfile.mkdtemp(prefix=f"{runlock.SOCKET_PREFIX}{os.getpid()}-")) / "k"
             super().__init__(transport="ipc", ip=str(prefix), **kwargs)
             self._socket_dir = prefix.parent
 

@@ -45,7 +45,7 @@ class Tracker:
                "MLFLOW_LOGGING_LEVEL": "WARNING"}  # not "Creating initial MLflow database tables..."
         self._proc = subprocess.Popen([sys.executable, "-m", "stagebook.tracking"], stdin=subprocess.PIPE,
                                       stdout=subprocess.PIPE, text=True, env=env)
-        self._send({"op": "start", "root": str(self.root), "stage": self.stage, "params": self.params,
+        self._send({"op": "start", "root": str(self.root), "stage": self.stage, "params": self.params, "pid": os.getpid(),
                     "lineage": self.lineage.as_dict(), "run_name": self.run_name,
                     "run_dir": str(self.run_dir) if self.run_dir else None})
 
@@ -88,6 +88,43 @@ class Tracker:
         return reply
 
 
+KEY_METRICS = ("test_accuracy", "valid_accuracy", "best_baseline_valid_accuracy", "best_reported", "usable", "target")
+
+
+def recent_runs(root: Path, per_stage: int = 3):
+    "The last `per_stage` top-level runs of each stage (newest first): status, key metric, commit, duration."
+    import pandas as pd
+    from mlflow.tracking import MlflowClient
+
+    store = tracking_uri(root)
+    client = MlflowClient(store)
+    columns = ["stage", "started", "status", "minutes", "metric", "value", "commit", "run_id"]
+    if store.startswith("sqlite:///") and not Path(store[len("sqlite:///"):]).is_file():
+        return pd.DataFrame(columns=columns)
+    experiment = client.get_experiment_by_name(settings(root)["experiment"])
+    runs = client.search_runs([experiment.experiment_id], order_by=["attributes.start_time DESC"],
+                              max_results=5000) if experiment else []
+    rows, seen = [], {}
+    for run in runs:
+        tags = run.data.tags
+        stage = tags.get("stagebook.stage")
+        if not stage or "mlflow.parentRunId" in tags or seen.get(stage, 0) >= per_stage:
+            continue
+        seen[stage] = seen.get(stage, 0) + 1
+        key = next((k for k in KEY_METRICS if k in run.data.metrics), min(run.data.metrics, default=""))
+        end = run.info.end_time or run.info.start_time
+        rows.append({"stage": stage, "started": pd.to_datetime(run.info.start_time, unit="ms").strftime("%Y-%m-%d %H:%M"),
+                     "status": run.info.status, "minutes": round((end - run.info.start_time) / 60000, 1),
+                     "metric": key, "value": run.data.metrics.get(key), "commit": tags.get("stagebook.code_commit", "")[:10]
+                     + ("*" if tags.get("stagebook.code_dirty") == "True" else ""), "run_id": run.info.run_id[:12]})
+    table = pd.DataFrame(rows, columns=columns)
+    return table.sort_values(["stage", "started"], ascending=[True, False], kind="stable", ignore_index=True)
+
+
+# MLflow's UI opens an experiment on the view its kind names; stage runs are model development, not GenAI traces.
+EXPERIMENT_TAGS = {"mlflow.experimentKind": "custom_model_development"}
+
+
 def _start(request: dict):
     "Create the experiment (first time) and a RUNNING run tagged with the lineage; log the params."
     from mlflow.entities import Param
@@ -99,11 +136,15 @@ def _start(request: dict):
     experiment = client.get_experiment_by_name(cfg["experiment"])
     if experiment is None:
         artifacts = (root / cfg["artifact_root"]).resolve().as_uri()
-        experiment_id = client.create_experiment(cfg["experiment"], artifact_location=artifacts)
+        experiment_id = client.create_experiment(cfg["experiment"], artifact_location=artifacts, tags=EXPERIMENT_TAGS)
     else:
         experiment_id = experiment.experiment_id
+        for key, value in EXPERIMENT_TAGS.items():
+            if experiment.tags.get(key) != value:
+                client.set_experiment_tag(experiment_id, key, value)
     lineage = Lineage(**request["lineage"])
     tags = {**lineage.as_tags(), "stagebook.stage": request["stage"], "mlflow.source.git.commit": lineage.code_commit,
+            "stagebook.pid": str(request.get("pid", "")),  # a run whose process is gone is reaped (stagebook.runlock)
             "mlflow.source.name": f"nbs/{request['stage']}.ipynb"}
     run = client.create_run(experiment_id, run_name=request.get("run_name") or request["stage"], tags=tags)
     params = [Param(k, str(v)[:6000]) for k, v in sorted(request["params"].items())]
