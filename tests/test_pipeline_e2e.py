@@ -203,6 +203,30 @@ def test_second_repro_runs_nothing(pipeline: Path):
     assert len(_runs(pipeline)) == before
 
 
+def _digests(root: Path, *paths: str) -> dict:
+    "sha256 of every file under the given paths (files or folders)."
+    from stagebook.lineage import file_sha256
+    files = [p for rel in paths for p in ([root / rel] if (root / rel).is_file() else sorted((root / rel).rglob("*")))]
+    return {p.relative_to(root).as_posix(): file_sha256(p) for p in files if p.is_file()}
+
+
+def test_a_stage_failing_under_dvc_repro_keeps_its_last_good_outputs(pipeline: Path):
+    outputs = ("metrics/03_literature_notes.json", "reports/03_literature_notes.pdf",
+               "reports/executed/03_literature_notes.ipynb", "reports/03_literature_notes")
+    before = _digests(pipeline, *outputs)
+    assert len(before) > 4
+    literature = pipeline / "literature.csv"
+    kept = literature.read_text()
+    literature.write_text(kept.replace(",accuracy,0.97,", ",accuracy,97%,", 1))  # a cell of stage 03 raises
+    try:
+        out = _dvc_repro(pipeline, ok=False)
+        assert "97%" in out and "03_literature_notes" in out
+        assert _digests(pipeline, *outputs) == before  # DVC did not delete them (persist), the runner kept them
+    finally:
+        literature.write_text(kept)
+    assert "Data and pipelines are up to date." in _dvc_repro(pipeline)  # back in step, nothing to re-run
+
+
 def test_same_params_and_seed_give_identical_metrics_and_model(pipeline: Path):
     first = json.loads((pipeline / "metrics/04_tuning.json").read_text())
     model = (pipeline / "models/model.pth").read_bytes()

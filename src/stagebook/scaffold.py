@@ -71,8 +71,9 @@ def _dvc_entry(name: str, previous: Stage | None, report: bool) -> str:
     deps += [f"reports/templates/{name}.texw"] if report else []
     outs = [f"reports/executed/{name}.ipynb", f"reports/{name}"] + ([f"reports/{name}.pdf"] if report else [])
     lines = [f"  {name}:", f"    cmd: stagebook run {name}", "    deps:", *(f"      - {d}" for d in deps),
-             "    params:", f"      - params/{name}.yaml:", "    outs:", *(f"      - {o}" for o in outs),
-             "    metrics:", f"      - metrics/{name}.json:", "          cache: false"]
+             "    params:", f"      - params/{name}.yaml:", "    outs:",
+             *(line for o in outs for line in (f"      - {o}:", "          persist: true")),  # see dvc.yaml's head
+             "    metrics:", f"      - metrics/{name}.json:", "          cache: false", "          persist: true"]
     return "\n".join(lines) + "\n"
 
 
