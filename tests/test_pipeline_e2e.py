@@ -98,10 +98,11 @@ def test_lineage_names_the_toolkit_and_template_versions(pipeline: Path):
     from stagebook.project import template_version
     version = template_version(pipeline)
     assert version and version != "unknown"
-    for metrics in (pipeline / "metrics").glob("*.json"):
-        lineage = json.loads(metrics.read_text())["lineage"]
+    for metrics in (pipeline / "metrics").glob("*.json"):  # numbers only: `dvc metrics show` tabulates them
+        assert all(isinstance(v, (int, float)) for v in json.loads(metrics.read_text()).values()), metrics.name
+        lineage = json.loads((pipeline / "lineage" / metrics.name).read_text())
         assert (lineage["stagebook_version"], lineage["template_version"]) == (__version__, version), metrics.name
-        assert lineage["device"] == "cpu" and lineage["torch_version"]
+        assert lineage["device"] == "cpu" and lineage["torch_version"] and lineage["stage"] == metrics.stem
     text = subprocess.run(["pdftotext", "-layout", str(pipeline / "reports/06_sealed_test.pdf"), "-"],
                           capture_output=True, text=True, check=True).stdout
     assert re.search(rf"stagebook\s+{re.escape(__version__)}", text) and re.search(rf"Template\s+{re.escape(version)}", text)

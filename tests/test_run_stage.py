@@ -22,9 +22,10 @@ def _runs(root: Path):
 def test_a_run_records_outputs_and_one_mlflow_run(toy_stage: Path):
     result = run_stage("01", ["scale=3"], root=toy_stage)
     assert result.metrics == {"score": 1.5, "count": 3}
-    record = json.loads((toy_stage / "metrics" / "01_toy.json").read_text())
-    assert record["score"] == 1.5 and record["lineage"]["code_commit"] == result.lineage.code_commit
-    assert len(record["lineage"]["code_commit"]) == 40 and record["lineage"]["code_dirty"] is False
+    assert json.loads((toy_stage / "metrics" / "01_toy.json").read_text()) == {"count": 3, "score": 1.5}
+    record = json.loads((toy_stage / "lineage" / "01_toy.json").read_text())
+    assert record["stage"] == "01_toy" and record["code_commit"] == result.lineage.code_commit
+    assert len(record["code_commit"]) == 40 and record["code_dirty"] is False
     assert (toy_stage / "reports" / "executed" / "01_toy.ipynb").is_file()
     assert (toy_stage / "reports" / "01_toy" / "figures" / "curve.png").is_file()
     assert (toy_stage / "reports" / "01_toy" / "tables" / "tiny.csv").is_file()

@@ -126,7 +126,8 @@ def _run_locked(root: Path, stage: Stage, params: dict, lineage, staging: Path, 
         return RunResult(stage, params, metrics, lineage, run_id)
     _promote(stage, staging, metrics, lineage, root)
     if tracker is not None:
-        tracker.finish("FINISHED", metrics, files=[stage.executed_notebook, stage.metrics_file, stage.report_pdf],
+        tracker.finish("FINISHED", metrics, files=[stage.executed_notebook, stage.metrics_file, stage.lineage_file,
+                                                   stage.report_pdf],
                        folders=[stage.artifacts_dir / "figures", stage.artifacts_dir / "tables"], run_dir=staging,
                        parent_run_id=parent_run_id)
     shutil.rmtree(staging, ignore_errors=True)
@@ -247,8 +248,10 @@ def _promote(stage: Stage, staging: Path, metrics: dict, lineage: lineage_mod.Li
         if (staging / name).is_dir():
             (staging / name).rename(artifacts / name)
     replace_tree(artifacts, stage.artifacts_dir)
-    record = {"stage": stage.name, **metrics, "lineage": lineage.as_dict()}
-    atomic_write_text(stage.metrics_file, json.dumps(record, indent=2, sort_keys=True, default=str) + "\n")
+    # Numbers only in metrics/ (what `dvc metrics show` and `dvc exp show` tabulate); the run's identity in lineage/.
+    atomic_write_text(stage.metrics_file, json.dumps(metrics, indent=2, sort_keys=True, default=str) + "\n")
+    atomic_write_text(stage.lineage_file, json.dumps({"stage": stage.name, **lineage.as_dict()}, indent=2,
+                                                     sort_keys=True) + "\n")
     stage.executed_notebook.parent.mkdir(parents=True, exist_ok=True)
     os.replace(staging / f"{stage.name}.ipynb", stage.executed_notebook)
     if (staging / "report.pdf").is_file():

@@ -15,7 +15,7 @@ from . import __version__
 from .project import DATA_RECORDS, data_record, settings
 
 # Files the pipeline itself rewrites: a run that touched them has not changed the code.
-PIPELINE_WRITTEN = ("dvc.lock", "data_doc.md", "metrics")
+PIPELINE_WRITTEN = ("dvc.lock", "data_doc.md", "metrics", "lineage")
 ENV_VAR = "STAGEBOOK_LINEAGE"
 
 

@@ -96,6 +96,9 @@ class Stage:
     def metrics_file(self) -> Path: return self.root / "metrics" / f"{self.name}.json"
 
     @property
+    def lineage_file(self) -> Path: return self.root / "lineage" / f"{self.name}.json"
+
+    @property
     def report_template(self) -> Path: return self.root / "reports" / "templates" / f"{self.name}.texw"
 
     @property

@@ -73,6 +73,7 @@ def _dvc_entry(name: str, previous: Stage | None, report: bool) -> str:
     lines = [f"  {name}:", f"    cmd: stagebook run {name}", "    deps:", *(f"      - {d}" for d in deps),
              "    params:", f"      - params/{name}.yaml:", "    outs:",
              *(line for o in outs for line in (f"      - {o}:", "          persist: true")),  # see dvc.yaml's head
+             f"      - lineage/{name}.json:", "          cache: false", "          persist: true",
              "    metrics:", f"      - metrics/{name}.json:", "          cache: false", "          persist: true"]
     return "\n".join(lines) + "\n"
 
