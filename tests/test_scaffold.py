@@ -34,7 +34,8 @@ def copy(tmp_path: Path) -> Path:
 def test_a_new_stage_is_wired_like_the_others_and_runs(copy: Path):
     written = new_stage(copy, "07_deployment", report=True)
     assert {p.relative_to(copy).as_posix() for p in written} == {
-        "nbs/07_deployment.ipynb", "params/07_deployment.yaml", "reports/templates/07_deployment.texw", "dvc.yaml"}
+        "nbs/07_deployment.ipynb", "params/07_deployment.yaml", "params/07_deployment.schema.yaml",
+        "reports/templates/07_deployment.texw", "dvc.yaml"}
     book = nbformat.read(copy / "nbs" / "07_deployment.ipynb", as_version=4)
     nbformat.validate(book)
     assert colab.is_setup_cell(book.cells[0].source)

@@ -61,6 +61,14 @@ def test_parameters_cell_names_the_params_file_keys(stage):
 
 
 @pytest.mark.parametrize("stage", STAGES, ids=lambda s: s.name)
+def test_params_pass_their_schema_and_every_key_has_rules(stage):
+    from stagebook.schema import load_schema, validate
+    schema = load_schema(stage.params_file)
+    assert schema is not None, f"add {stage.params_file.stem}.schema.yaml next to {stage.params_file.name}"
+    validate(load_params(stage.params_file), schema, stage.params_file)
+
+
+@pytest.mark.parametrize("stage", STAGES, ids=lambda s: s.name)
 def test_notebooks_are_committed_without_outputs(stage):
     book = nbformat.read(stage.notebook, as_version=4)
     assert all(not c.get("outputs") and c.get("execution_count") is None for c in book.cells if c.cell_type == "code")

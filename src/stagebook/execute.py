@@ -61,7 +61,9 @@ def run_stage(ref: str, overrides: list[str] = (), root: Path | None = None, tra
     stage = resolve_stage(root, ref)
     defaults = load_params(stage.params_file)
     _check_params_match_notebook(stage, defaults)
-    params = {**defaults, **parse_overrides(list(overrides), defaults, stage.params_file)}
+    overridden = parse_overrides(list(overrides), defaults, stage.params_file)
+    params = {**defaults, **overridden}
+    check_params(stage, params, set(overridden))  # before a kernel starts: one line naming file, key and value
     lineage = lineage_mod.compute(root, params_hash(params), str(params.get("device", "auto")))
 
     staging = Path(variant_dir) if variant_dir else root / "reports" / ".staging" / stage.name
@@ -132,6 +134,15 @@ def _run_locked(root: Path, stage: Stage, params: dict, lineage, staging: Path, 
                        parent_run_id=parent_run_id)
     shutil.rmtree(staging, ignore_errors=True)
     return RunResult(stage, params, metrics, lineage, run_id)
+
+
+def check_params(stage: Stage, params: dict, overridden: set[str] = frozenset()) -> None:
+    "The stage's params against its schema (`params/NN_name.schema.yaml`), when it declares one."
+    from .schema import load_schema, validate
+
+    schema = load_schema(stage.params_file)
+    if schema is not None:
+        validate(params, schema, stage.params_file.relative_to(stage.root), overridden)
 
 
 def _publish_run_id(tracker, staging: Path) -> None:

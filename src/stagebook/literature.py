@@ -22,6 +22,8 @@ def load_literature(path: Path | str) -> pd.DataFrame:
         raise StagebookError(f"{path}: literature file missing; create it with the header {','.join(REQUIRED)}.")
     try:
         notes = pd.read_csv(path, dtype=str, keep_default_na=False)
+    except pd.errors.EmptyDataError:
+        raise StagebookError(f"{path}: empty file; start it with the header {','.join(REQUIRED)}.") from None
     except (pd.errors.ParserError, UnicodeDecodeError) as err:
         raise StagebookError(f"{path}: not a readable CSV ({str(err).splitlines()[0]}); quote fields that hold commas.") from None
     missing = [c for c in REQUIRED if c not in notes.columns]

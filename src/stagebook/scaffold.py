@@ -101,6 +101,11 @@ def new_stage(root: Path, name: str, report: bool = False) -> list[Path]:
     stage.params_file.parent.mkdir(parents=True, exist_ok=True)
     stage.params_file.write_text("seed: 0\n", encoding="utf-8")
     written.append(stage.params_file)
+    from .schema import schema_file
+    schema = schema_file(stage.params_file)
+    schema.write_text("# Types and ranges of this stage's params, checked before a kernel starts (stagebook.schema).\n"
+                      "seed: {type: int, min: 0}\n", encoding="utf-8")
+    written.append(schema)
     if report:
         stage.report_template.parent.mkdir(parents=True, exist_ok=True)
         title = f"{name[:2]}: {name[3:].replace('_', ' ')}"

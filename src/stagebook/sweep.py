@@ -70,9 +70,16 @@ def run_sweep(stage_ref: str, grid: dict[str, list], fixed: list[str] = (), jobs
 
     root = (root or find_root()).resolve()
     stage = resolve_stage(root, stage_ref)
+    if jobs < 1 or (samples is not None and samples < 1):
+        raise StagebookError(f"sweep: --jobs {jobs} / --samples {samples}: both must be at least 1.")
     combos = variants(grid, samples, seed)
     if not combos:
         raise StagebookError("sweep: nothing to run; give at least one key=v1,v2 pair.")
+    from .execute import check_params
+    defaults = load_params(stage.params_file)
+    fixed_values = parse_overrides(list(fixed), defaults, stage.params_file)
+    for combo in combos:  # every variant's params are checked before the first one starts
+        check_params(stage, {**defaults, **fixed_values, **combo}, {*fixed_values, *combo})
     stamp = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
     out_dir = Path(out_dir) if out_dir else root / "reports" / "sweeps" / stage.name / stamp
     out_dir.mkdir(parents=True, exist_ok=True)
