@@ -242,7 +242,7 @@ def test_same_params_and_seed_give_identical_metrics_and_model(pipeline: Path):
 def test_a_model_that_cannot_learn_fails_the_overfit_one_batch_phase_and_keeps_the_old_model(pipeline: Path):
     model = (pipeline / "models/model.pth").read_bytes()
     before = len(_runs(pipeline))
-    done = _stagebook(pipeline, "run", "04", "--set", "onebatch_lr=0.0")  # weights that never move cannot learn
+    done = _stagebook(pipeline, "run", "04", "--set", "onebatch_lr=1e-9")  # weights that barely move cannot learn
     assert done.returncode == 1 and "Traceback" not in done.stderr
     assert "overfit-one-batch failed: the loss on one batch of 64 is still" in done.stderr
     cells = json.loads((pipeline / "nbs/04_tuning.ipynb").read_text())["cells"]
