@@ -35,3 +35,15 @@ def test_a_bad_page_names_the_file_and_the_fix(tmp_path: Path, text: str, messag
     with pytest.raises(StagebookError, match=message) as err:
         load_targets(page)
     assert str(page) in str(err.value)
+
+
+@pytest.mark.parametrize("front, line", [
+    ("project: x\nprimary_metric: accuracy\ntarget: [0.9\ndirection: maximize\n", "at line 4 (while parsing a flow sequence"),
+    ("project: x\nprimary_metric: accuracy\ntarget: 0.9\n  bad: indent: x\n", "at line 5 (mapping values are not allowed"),
+])
+def test_a_yaml_error_names_the_line_of_the_file(tmp_path, front, line):
+    page = tmp_path / "project_page.md"
+    page.write_text(f"---\n{front}---\n\n# Project page\n")
+    with pytest.raises(StagebookError) as refused:
+        load_targets(page)
+    assert line in str(refused.value)

@@ -38,9 +38,11 @@ def front_matter(page: Path | str) -> dict:
     try:
         meta = yaml.safe_load(parts[1]) or {}
     except yaml.YAMLError as err:
-        mark = getattr(err, "problem_mark", None)
-        raise StagebookError(f"{page}: front matter is not valid YAML"
-                             f"{f' at line {mark.line + 2}' if mark else ''}; fix its syntax.") from None
+        # parts[1] starts on the opening '---' line, so its line i is the file's line i + 1
+        start, mark = getattr(err, "context_mark", None), getattr(err, "problem_mark", None)
+        where = (f" at line {start.line + 1} ({err.context}, still open at line {mark.line + 1})" if start and mark
+                 else f" at line {mark.line + 1} ({err.problem})" if mark else "")
+        raise StagebookError(f"{page}: front matter is not valid YAML{where}; fix its syntax.") from None
     if not isinstance(meta, dict):
         raise StagebookError(f"{page}: front matter must be `key: value` lines.")
     return meta
