@@ -57,3 +57,12 @@ def test_markdown_to_latex_covers_what_our_documents_use(tmp_path: Path):
     assert "\\begin{itemize}\n\\item one\n\\item two\n\\end{itemize}" in out
     assert r"\begin{tabular}{lr}" in out and r"x\_y & 1 \\" in out
     assert rf"\includegraphics[width=0.7\textwidth]{{{image.as_posix()}}}" in out and "hidden" not in out
+
+
+def test_unanswered_datasheet_questions_are_marked_for_the_team():
+    from stagebook.datadoc import TO_WRITE, mark_unanswered
+    text = ("# Data document\n\n## Motivation\nWhy? *Because.*\n\n## Uses\nWhat for?\n\n## Generated statistics\n"
+            "<!-- stagebook:generated:start -->\nx\n<!-- stagebook:generated:end -->\n")
+    marked = mark_unanswered(text)
+    assert marked.count(TO_WRITE) == 1 and marked.index(TO_WRITE) > marked.index("## Uses")
+    assert mark_unanswered(marked) == marked  # once

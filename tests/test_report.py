@@ -56,3 +56,18 @@ def test_tables_escape_text_and_format_floats():
     out = table(pd.DataFrame({"class": ["a_b", "50%"], "f1": [0.5, 1.0]}))
     assert r"a\_b" in out and r"50\%" in out and "0.500" in out and r"\toprule" in out
     assert tex("x&y#") == r"x\&y\#"
+
+
+def test_print_width_widens_a_figure_until_its_text_prints_at_7_pt(tmp_path: Path):
+    import json
+
+    from stagebook.report import print_width
+    png = tmp_path / "f.png"
+    png.write_bytes(b"")
+    png.with_suffix(".json").write_text(json.dumps({"width_in": 6.0, "min_font_pt": 10.0}))
+    assert print_width(png, 0.8) == 0.8  # 10 pt scaled to 0.8 x 6.7 in / 6 in is 8.9 pt: fine as asked
+    assert print_width(png, 0.3) == 0.628  # 0.3 would print 3.3 pt; widened to 7 pt
+    png.with_suffix(".json").write_text(json.dumps({"width_in": 12.0, "min_font_pt": 6.0}))
+    with pytest.raises(StagebookError, match="would print below 7 pt even at the full text width"):
+        print_width(png, 0.5)
+    assert print_width(tmp_path / "no_record.png", 0.4) == 0.4  # a figure made elsewhere is printed as asked

@@ -79,14 +79,15 @@ def preview(images: torch.Tensor, augment: Augment, copies: int = 7, seed: int =
 
     generator = torch.Generator().manual_seed(seed)
     rows = len(images)
-    fig, axes = plt.subplots(rows, copies + 1, figsize=(1.1 * (copies + 1), 1.1 * rows), squeeze=False)
+    # 0.7 in a cell and 8 pt text: printed at up to the text width, every label stays at 7 pt or more
+    fig, axes = plt.subplots(rows, copies + 1, figsize=(0.7 * (copies + 1), 0.7 * rows), squeeze=False)
     for r, image in enumerate(images):
         batch = augment(image[None].repeat(copies, 1, 1, 1), generator)
         for c, shown in enumerate([image, *batch]):
             ax = axes[r, c]
             ax.imshow(shown.permute(1, 2, 0).squeeze(-1).numpy(), cmap="gray_r", vmin=0, vmax=1)
             ax.set_xticks([]); ax.set_yticks([])
-        axes[r, 0].set_ylabel(f"#{r}", fontsize=7)
+        axes[r, 0].set_ylabel(f"#{r}", fontsize=8)
     axes[0, 0].set_title("original", fontsize=8)
     fig.suptitle("Augmentation preview: " + (", ".join(f"{k}={v:g}" for k, v in vars(augment).items()
                                                          if v != getattr(Augment(), k)) or "none"), fontsize=9)

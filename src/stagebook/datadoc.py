@@ -1,6 +1,7 @@
 """The generated block of the data document: statistics rewritten by stage 01 between two markers, prose untouched."""
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pandas as pd
@@ -9,6 +10,21 @@ from .errors import StagebookError
 from .iorw import atomic_write_text
 
 START, END = "<!-- stagebook:generated:start -->", "<!-- stagebook:generated:end -->"
+
+
+TO_WRITE = "**To be written by the team.**"
+
+
+def mark_unanswered(text: str) -> str:
+    """The datasheet with every unanswered question marked: a `##` section whose text has no *italic answer* gets
+    a bold 'To be written by the team.' line, so a question left open never looks finished in the PDF."""
+    parts = re.split(r"(?m)^(?=## )", text)
+    out = []
+    for part in parts:
+        body = part.split("\n", 1)[1] if part.startswith("## ") and "\n" in part else ""
+        answered = re.search(r"(?<![*\w])\*[^*\s][^*]*\*(?!\*)", body) or START in part or TO_WRITE in part
+        out.append(part if not part.startswith("## ") or answered else part.rstrip("\n") + f"\n{TO_WRITE}\n\n")
+    return "".join(out)
 
 
 def replace_generated_block(doc: Path | str, body: str) -> None:

@@ -258,6 +258,8 @@ def _promote(stage: Stage, staging: Path, metrics: dict, lineage: lineage_mod.Li
     for name in ("figures", "tables"):
         if (staging / name).is_dir():
             (staging / name).rename(artifacts / name)
+    if (staging / "latex" / "report.log").is_file():  # kept, so a layout check can read what LaTeX said
+        os.replace(staging / "latex" / "report.log", artifacts / "report.log")
     replace_tree(artifacts, stage.artifacts_dir)
     # Numbers only in metrics/ (what `dvc metrics show` and `dvc exp show` tabulate); the run's identity in lineage/.
     atomic_write_text(stage.metrics_file, json.dumps(metrics, indent=2, sort_keys=True, default=str) + "\n")

@@ -55,15 +55,17 @@ def _device_text(lin: dict) -> str:
     return ", ".join([device, *versions, *([f"CUDA {lin['cuda_version']}"] if lin.get("cuda_version") else [])])
 
 
-def table(df: pd.DataFrame, float_format: str = "{:.3f}") -> str:
-    "A booktabs LaTeX table from a DataFrame, text escaped, floats formatted."
+def table(df: pd.DataFrame, float_format: str = "{:.3f}", wrap: dict[str, str] | None = None) -> str:
+    "A booktabs LaTeX table from a DataFrame, text escaped, floats formatted; `wrap` columns (name -> width) wrap."
     shown = df.copy()
     for column in shown.columns:
         if pd.api.types.is_float_dtype(shown[column]):
             shown[column] = shown[column].map(float_format.format)
     header = " & ".join(tex(c) for c in shown.columns) + r" \\"
     body = "\n".join(" & ".join(tex(v) for v in row) + r" \\" for row in shown.itertuples(index=False))
-    align = "".join("r" if pd.api.types.is_numeric_dtype(df[c]) else "l" for c in df.columns)
+    wrap = wrap or {}
+    align = "".join(rf">{{\raggedright\arraybackslash}}p{{{wrap[c]}}}" if c in wrap else
+                    "r" if pd.api.types.is_numeric_dtype(df[c]) else "l" for c in df.columns)
     return f"\\begin{{tabular}}{{{align}}}\n\\toprule\n{header}\n\\midrule\n{body}\n\\bottomrule\n\\end{{tabular}}"
 
 
@@ -80,10 +82,21 @@ PREAMBLE = r"""\documentclass[11pt,a4paper]{article}
 \usepackage[margin=2cm]{geometry}
 \usepackage{lmodern}
 \usepackage[T1]{fontenc}
+\usepackage{textcomp}
 \usepackage{graphicx}
 \usepackage{booktabs}
+\usepackage{array}
 \usepackage{xcolor}
+\usepackage{fancyvrb}
 \usepackage[hidelinks]{hyperref}
+% A heading never ends a page: it needs room for a few lines after it (needspace's definition, inlined, since
+% Debian's texlive-latex-recommended does not ship needspace).
+\makeatletter
+\newcommand{\needspace}[1]{\begingroup\setlength{\dimen@}{#1}\vskip\z@\@plus\dimen@\penalty 0\vskip\z@\@plus -\dimen@
+  \vskip\dimen@\penalty 9999\vskip -\dimen@\vskip\z@skip\endgroup}
+\let\sb@section\section\renewcommand{\section}{\needspace{10\baselineskip}\sb@section}
+\let\sb@subsection\subsection\renewcommand{\subsection}{\needspace{8\baselineskip}\sb@subsection}
+\makeatother
 """
 
 
@@ -92,9 +105,29 @@ def preamble(title: str, author: str, ctx: dict) -> str:
     return PREAMBLE + rf"\title{{{tex(title)}}}\author{{{tex(author)}}}\date{{{tex(ctx['created'])}}}"
 
 
+TEXTWIDTH_IN = (21.0 - 2 * 2.0) / 2.54  # A4 with PREAMBLE's 2 cm margins
+MIN_PRINT_PT = 7.0
+
+
+def print_width(png: Path | str, width: float) -> float:
+    """The fraction of the text width to print `png` at: `width`, or wider when its smallest text would print below
+    7 pt (read from the size record `stage.log_figure` writes beside it); a figure that cannot fit is an error."""
+    record = Path(png).with_suffix(".json")
+    if not record.is_file():
+        return width
+    meta = json.loads(record.read_text())
+    need = MIN_PRINT_PT * meta["width_in"] / (meta["min_font_pt"] * TEXTWIDTH_IN)
+    if need > 1.0 + 1e-9:
+        raise StagebookError(f"{png}: its smallest text ({meta['min_font_pt']:g} pt in a figure {meta['width_in']:.1f} in"
+                             f" wide) would print below {MIN_PRINT_PT:g} pt even at the full text width"
+                             f" ({TEXTWIDTH_IN:.1f} in); make the figure narrower or its text larger in the notebook.")
+    return round(min(1.0, max(width, need)), 3)
+
+
 def include(ctx: dict, name: str, width: float = 0.8) -> str:
-    "A centred figure the notebook logged, `width` a fraction of the text width."
-    return rf"\begin{{center}}\includegraphics[width={width}\textwidth]{{{figure(ctx, name)}}}\end{{center}}"
+    "A centred figure the notebook logged, at `width` of the text width (wider if its text would print below 7 pt)."
+    path = figure(ctx, name)
+    return rf"\begin{{center}}\includegraphics[width={print_width(path, width)}\textwidth]{{{path}}}\end{{center}}"
 
 
 def has(ctx: dict, kind: str, name: str) -> bool:
@@ -222,7 +255,8 @@ def markdown_to_latex(text: str, find_image=lambda ref: None) -> str:
             ref = line.strip()[line.strip().index("](") + 2:-1]
             path = find_image(ref)
             if path:
-                out.append(rf"\begin{{center}}\includegraphics[width=0.7\textwidth]{{{Path(path).as_posix()}}}\end{{center}}")
+                out.append(rf"\begin{{center}}\includegraphics[width={print_width(path, 0.7)}\textwidth]"
+                           rf"{{{Path(path).as_posix()}}}\end{{center}}")
             i += 1
         elif not line.strip():
             out.append("")

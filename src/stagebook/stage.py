@@ -120,9 +120,16 @@ def log_series(key: str, values) -> None:
 
 
 def _save_figure(fig, folder: Path, name: str, dpi: int) -> Path:
+    "The PNG, and beside it its size and smallest text, so a report can print every text at 7 pt or more."
+    from matplotlib.text import Text
+
     path = folder / f"{Path(name).stem}.png"
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=dpi, bbox_inches="tight")
+    box = fig.get_tightbbox(fig.canvas.get_renderer())  # inches, as saved (plus savefig's 0.1 in pad)
+    sizes = [t.get_fontsize() for t in fig.findobj(Text) if t.get_visible() and t.get_text().strip()]
+    path.with_suffix(".json").write_text(json.dumps({"width_in": round(box.width + 0.2, 3),
+                                                     "min_font_pt": min(sizes, default=10.0)}))
     return path
 
 
