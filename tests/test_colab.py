@@ -19,6 +19,15 @@ STUB = {"google/__init__.py": "", "google/colab/__init__.py": "",
         "google/colab/drive.py": "from pathlib import Path\n\ndef mount(path):\n    (Path(path) / 'MyDrive').mkdir(parents=True, exist_ok=True)\n"}
 
 
+def _stub(tmp_path: Path) -> Path:
+    "A stand-in `google.colab` package (drive.mount makes MyDrive), to put on the kernel's PYTHONPATH."
+    stub = tmp_path / "stub"
+    for rel, text in STUB.items():
+        (stub / rel).parent.mkdir(parents=True, exist_ok=True)
+        (stub / rel).write_text(text)
+    return stub
+
+
 def _run_cells(folder: Path, *sources: str, env: dict | None = None) -> list[str]:
     "Execute the cells in a fresh python3 kernel started in `folder`; returns each cell's stdout."
     book = new_notebook(cells=[new_code_cell(s) for s in sources])
@@ -62,10 +71,7 @@ def pushed_project(tmp_path: Path) -> str:
 
 
 def test_under_colab_it_clones_installs_pinned_and_moves_runs_to_drive(tmp_path: Path, pushed_project: str):
-    stub = tmp_path / "stub"
-    for rel, text in STUB.items():
-        (stub / rel).parent.mkdir(parents=True, exist_ok=True)
-        (stub / rel).write_text(text)
+    stub = _stub(tmp_path)
     empty, content, drive = tmp_path / "empty", tmp_path / "content", tmp_path / "drive"
     empty.mkdir()
     cell = colab.setup_cell(pushed_project).replace("USE_DRIVE = False", "USE_DRIVE = True")
@@ -85,10 +91,7 @@ def test_under_colab_it_clones_installs_pinned_and_moves_runs_to_drive(tmp_path:
 
 
 def test_under_colab_without_a_url_it_says_what_to_set(tmp_path: Path):
-    stub = tmp_path / "stub"
-    for rel, text in STUB.items():
-        (stub / rel).parent.mkdir(parents=True, exist_ok=True)
-        (stub / rel).write_text(text)
+    stub = _stub(tmp_path)
     book = new_notebook(cells=[new_code_cell(colab.setup_cell(""))])
     saved = dict(os.environ)
     os.environ["PYTHONPATH"] = str(stub)
