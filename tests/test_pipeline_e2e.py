@@ -5,6 +5,7 @@ import os
 import re
 import shutil
 import subprocess
+import tempfile
 from pathlib import Path
 
 import pandas as pd
@@ -70,6 +71,25 @@ def pipeline(tmp_path_factory) -> Path:
         yield root
     finally:
         os.environ.pop("PYTHONPATH") if saved is None else os.environ.__setitem__("PYTHONPATH", saved)
+
+
+def _copy(src: Path, dest: Path) -> Path:
+    "An independent copy of a run project: its own git, DVC cache, MLflow store and artifact folder."
+    import sqlite3
+    shutil.copytree(src, dest, symlinks=True)
+    old, new = (src / "mlartifacts").resolve().as_uri(), (dest / "mlartifacts").resolve().as_uri()
+    with sqlite3.connect(dest / "mlflow.db") as db:  # MLflow stores the artifact root as an absolute URI
+        db.execute("UPDATE experiments SET artifact_location = replace(artifact_location, ?, ?)", (old, new))
+        db.execute("UPDATE runs SET artifact_uri = replace(artifact_uri, ?, ?)", (old, new))
+    return dest
+
+
+@pytest.fixture
+def project(pipeline: Path, tmp_path: Path, monkeypatch) -> Path:
+    "A fresh copy of the run pipeline for a test that changes things, so no test depends on another's leftovers."
+    root = _copy(pipeline, tmp_path / "project")
+    monkeypatch.setenv("PYTHONPATH", str(root / "src"))
+    return root
 
 
 def test_first_repro_runs_every_stage_once_with_lineage(pipeline: Path):
@@ -221,6 +241,58 @@ def test_second_repro_runs_nothing(pipeline: Path):
     assert len(_runs(pipeline)) == before
 
 
+def test_dvc_metrics_show_and_stagebook_exps_fit_a_120_column_terminal(pipeline: Path):
+    shown = subprocess.run(["dvc", "metrics", "show"], cwd=pipeline, capture_output=True, text=True,
+                           env={**os.environ, "COLUMNS": "120"})
+    lines = shown.stdout.splitlines()
+    assert shown.returncode == 0 and len(lines) == 8, shown.stdout + shown.stderr  # a header and one row per stage
+    assert max(map(len, lines)) <= 120 and "…" not in shown.stdout, shown.stdout
+    assert {"items", "leakage", "valid_acc", "test_acc", "ci_low", "ci_high"} <= set(lines[0].split())
+    exps = _stagebook(pipeline, "exps", "--width", "120")
+    assert exps.returncode == 0 and "04:valid_acc" in exps.stdout and "06:test_acc" in exps.stdout, exps.stderr
+    assert max(map(len, exps.stdout.splitlines())) <= 120
+
+
+def _wait_for(predicate, seconds: float = 120.0) -> None:
+    import time
+    deadline = time.monotonic() + seconds
+    while not predicate():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.2)
+
+
+def test_kill_9_under_dvc_repro_loses_nothing_and_the_next_command_clears_the_ghost(project: Path):
+    import signal
+    outputs = ("metrics/04_tuning.json", "metrics/headline/04_tuning.json", "lineage/04_tuning.json", "models",
+               "reports/04_tuning.pdf", "reports/04_tuning", "reports/executed/04_tuning.ipynb")
+    before = _digests(project, *outputs)
+    runs_before = len(_all_runs(project))
+    repro = subprocess.Popen(["dvc", "repro", "-f", "-s", "04_tuning"], cwd=project, start_new_session=True,
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    children = project / "reports/.staging/04_tuning/children"
+    try:  # mid-stage: a phase has finished, checkpoints are being written, MLflow runs are open
+        _wait_for(lambda: children.is_dir() and len(list(children.iterdir())) >= 3)
+    finally:
+        os.killpg(repro.pid, signal.SIGKILL)  # dvc, the runner, its MLflow helper: the whole job at once
+        repro.wait()
+    assert _digests(project, *outputs) == before, "a kill must not cost the last good outputs"
+    assert any(r.info.status == "RUNNING" for r in _all_runs(project)[runs_before:])  # a ghost, until ...
+    listed = _stagebook(project, "runs")  # ... the next stagebook command
+    assert listed.returncode == 0 and "had died; marked" in listed.stderr, listed.stderr
+    assert not [r.info.run_name for r in _all_runs(project) if r.info.status == "RUNNING"]
+    assert not (project / "reports/.staging/04_tuning").exists() and not list((project / "reports/.locks").glob("*"))
+    _wait_for(lambda: not any(p.name.startswith("stagebook-kernel-") and not _alive_owner(p)
+                              for p in Path(tempfile.gettempdir()).iterdir()), 10)
+    status = subprocess.run(["dvc", "status"], cwd=project, capture_output=True, text=True)
+    assert status.returncode == 0 and "up to date" in status.stdout, status.stdout + status.stderr  # DVC recovers
+
+
+def _alive_owner(folder: Path) -> bool:
+    from stagebook.runlock import alive
+    pid = folder.name[len("stagebook-kernel-"):].split("-", 1)[0]
+    return not pid.isdigit() or alive(int(pid))
+
+
 def _digests(root: Path, *paths: str) -> dict:
     "sha256 of every file under the given paths (files or folders)."
     from stagebook.lineage import file_sha256
@@ -228,131 +300,131 @@ def _digests(root: Path, *paths: str) -> dict:
     return {p.relative_to(root).as_posix(): file_sha256(p) for p in files if p.is_file()}
 
 
-def test_a_stage_failing_under_dvc_repro_keeps_its_last_good_outputs(pipeline: Path):
+def test_a_stage_failing_under_dvc_repro_keeps_its_last_good_outputs(project: Path):
     outputs = ("metrics/03_literature_notes.json", "reports/03_literature_notes.pdf",
                "reports/executed/03_literature_notes.ipynb", "reports/03_literature_notes")
-    before = _digests(pipeline, *outputs)
+    before = _digests(project, *outputs)
     assert len(before) > 4
-    literature = pipeline / "literature.csv"
+    literature = project / "literature.csv"
     kept = literature.read_text()
     literature.write_text(kept.replace(",accuracy,0.97,", ",accuracy,97%,", 1))  # a cell of stage 03 raises
     try:
-        out = _dvc_repro(pipeline, ok=False)
+        out = _dvc_repro(project, ok=False)
         assert "97%" in out and "03_literature_notes" in out
-        assert _digests(pipeline, *outputs) == before  # DVC did not delete them (persist), the runner kept them
+        assert _digests(project, *outputs) == before  # DVC did not delete them (persist), the runner kept them
     finally:
         literature.write_text(kept)
-    assert "Data and pipelines are up to date." in _dvc_repro(pipeline)  # back in step, nothing to re-run
+    assert "Data and pipelines are up to date." in _dvc_repro(project)  # back in step, nothing to re-run
 
 
-def test_same_params_and_seed_give_identical_metrics_and_model(pipeline: Path):
-    first = json.loads((pipeline / "metrics/04_tuning.json").read_text())
-    model = (pipeline / "models/model.pth").read_bytes()
-    done = subprocess.run(["dvc", "repro", "-f", "-s", "04_tuning"], cwd=pipeline, capture_output=True, text=True)
+def test_same_params_and_seed_give_identical_metrics_and_model(project: Path):
+    first = json.loads((project / "metrics/04_tuning.json").read_text())
+    model = (project / "models/model.pth").read_bytes()
+    done = subprocess.run(["dvc", "repro", "-f", "-s", "04_tuning"], cwd=project, capture_output=True, text=True)
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
-    second = json.loads((pipeline / "metrics/04_tuning.json").read_text())
+    second = json.loads((project / "metrics/04_tuning.json").read_text())
     timing = {k for k in first if "seconds" in k} | {"lineage"}
     assert {k: v for k, v in first.items() if k not in timing} == {k: v for k, v in second.items() if k not in timing}
-    assert (pipeline / "models/model.pth").read_bytes() == model
+    assert (project / "models/model.pth").read_bytes() == model
 
 
-def test_a_model_that_cannot_learn_fails_the_overfit_one_batch_phase_and_keeps_the_old_model(pipeline: Path):
-    model = (pipeline / "models/model.pth").read_bytes()
-    before = len(_runs(pipeline))
-    done = _stagebook(pipeline, "run", "04", "--set", "onebatch_lr=1e-9")  # weights that barely move cannot learn
+def test_a_model_that_cannot_learn_fails_the_overfit_one_batch_phase_and_keeps_the_old_model(project: Path):
+    model = (project / "models/model.pth").read_bytes()
+    before = len(_runs(project))
+    done = _stagebook(project, "run", "04", "--set", "onebatch_lr=1e-9")  # weights that barely move cannot learn
     assert done.returncode == 1 and "Traceback" not in done.stderr
     assert "overfit-one-batch failed: the loss on one batch of 64 is still" in done.stderr
-    cells = json.loads((pipeline / "nbs/04_tuning.ipynb").read_text())["cells"]
+    cells = json.loads((project / "nbs/04_tuning.ipynb").read_text())["cells"]
     failing = next(i for i, c in enumerate(cells, 1) if "training.overfit_one_batch(" in "".join(c["source"]))
     assert f"cell {failing} of nbs/04_tuning.ipynb" in done.stderr  # counted as a person sees the notebook
-    assert (pipeline / "models/model.pth").read_bytes() == model, "a failed stage must not replace the model"
-    failed = _runs(pipeline)[before:]
+    assert (project / "models/model.pth").read_bytes() == model, "a failed stage must not replace the model"
+    failed = _runs(project)[before:]
     assert [r.info.status for r in failed] == ["FAILED"]
-    phases = {r.info.run_name: r.info.status for r in _children(pipeline, failed[0])}
+    phases = {r.info.run_name: r.info.status for r in _children(project, failed[0])}
     assert phases == {"phase 0 sanity": "FINISHED", "phase 1 overfit one batch": "FAILED"}
 
 
-def test_stagebook_sweep_runs_variants_in_parallel_nested_under_one_parent(pipeline: Path):
-    model = (pipeline / "models/model.pth").read_bytes()
-    out = pipeline / "reports/sweeps/cli"
-    done = _stagebook(pipeline, "sweep", "04", "weight_decay=0.001,0.1", "--set", "phases=[regularise]",
+def test_stagebook_sweep_runs_variants_in_parallel_nested_under_one_parent(project: Path):
+    model = (project / "models/model.pth").read_bytes()
+    out = project / "reports/sweeps/cli"
+    done = _stagebook(project, "sweep", "04", "weight_decay=0.001,0.1", "--set", "phases=[regularise]",
                       "--set", "epochs=2", "--jobs", "2", "--metric", "valid_accuracy", "--out", str(out))
     assert done.returncode == 0, done.stderr[-2000:]
     summary = pd.read_csv(out / "summary.csv")
     assert sorted(summary.weight_decay) == [0.001, 0.1] and (summary.status == "ok").all()
     assert summary.valid_accuracy.is_monotonic_decreasing and (summary.epochs_run <= 2).all()
     assert "2 variants in" in done.stdout and "2 parallel process(es)" in done.stdout
-    parent = [r for r in _runs(pipeline) if r.info.run_name == "04_tuning sweep"]
+    parent = [r for r in _runs(project) if r.info.run_name == "04_tuning sweep"]
     assert len(parent) == 1 and parent[0].info.status == "FINISHED"
-    assert sorted(r.info.run_name for r in _children(pipeline, parent[0])) == ["04_tuning v00", "04_tuning v01"]
-    assert (pipeline / "models/model.pth").read_bytes() == model, "variants never touch the stage's outputs"
+    assert sorted(r.info.run_name for r in _children(project, parent[0])) == ["04_tuning v00", "04_tuning v01"]
+    assert (project / "models/model.pth").read_bytes() == model, "variants never touch the stage's outputs"
 
 
-def test_a_stage_05_param_reruns_05_only_when_its_numbers_do_not_change(pipeline: Path):
-    before = len(_runs(pipeline))
-    ledger = (pipeline / "data/test_ledger.jsonl").read_bytes()
-    metrics = (pipeline / "metrics/05_error_analysis.json").read_bytes()
-    _set_params(pipeline, "05_error_analysis", top_losses=5)  # a gallery size: no number of 05's changes
-    _dvc_repro(pipeline)
-    new = _runs(pipeline)[before:]
+def test_a_stage_05_param_reruns_05_only_when_its_numbers_do_not_change(project: Path):
+    before = len(_runs(project))
+    ledger = (project / "data/test_ledger.jsonl").read_bytes()
+    metrics = (project / "metrics/05_error_analysis.json").read_bytes()
+    _set_params(project, "05_error_analysis", top_losses=5)  # a gallery size: no number of 05's changes
+    _dvc_repro(project)
+    new = _runs(project)[before:]
     assert [r.data.tags["stagebook.stage"] for r in new] == ["05_error_analysis"]
     # 06 reads 05's metrics, which hold numbers only (lineage is in lineage/): unchanged, so no sealed-test stage
-    assert (pipeline / "metrics/05_error_analysis.json").read_bytes() == metrics
-    assert (pipeline / "data/test_ledger.jsonl").read_bytes() == ledger
+    assert (project / "metrics/05_error_analysis.json").read_bytes() == metrics
+    assert (project / "data/test_ledger.jsonl").read_bytes() == ledger
 
 
-def test_new_data_moves_no_item_and_new_test_items_need_an_explicit_seal(pipeline: Path):
-    before = pd.read_csv(pipeline / "data/splits.csv", dtype=str, keep_default_na=False).set_index("path").split
-    _set_params(pipeline, "embed_digits", per_class=20)  # 50 more images arrive
-    done = subprocess.run(["dvc", "repro", "01_data_document"], cwd=pipeline, capture_output=True, text=True)
+def test_new_data_moves_no_item_and_new_test_items_need_an_explicit_seal(project: Path):
+    before = pd.read_csv(project / "data/splits.csv", dtype=str, keep_default_na=False).set_index("path").split
+    _set_params(project, "embed_digits", per_class=20)  # 50 more images arrive
+    done = subprocess.run(["dvc", "repro", "01_data_document"], cwd=project, capture_output=True, text=True)
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
-    refused = _stagebook(pipeline, "run", "06")  # the sealed stage checks the seal before anything else
+    refused = _stagebook(project, "run", "06")  # the sealed stage checks the seal before anything else
     assert refused.returncode == 1
     out = refused.stderr
-    after = pd.read_csv(pipeline / "data/splits.csv", dtype=str, keep_default_na=False).set_index("path").split
+    after = pd.read_csv(project / "data/splits.csv", dtype=str, keep_default_na=False).set_index("path").split
     assert len(after) == 200 and (after.reindex(before.index) == before).all(), "no placed item may move"
     added_to_test = sorted(set(after[after == "test"].index) - set(before.index))
     assert added_to_test, "the class-balanced placement should put some of 50 new items into test"
     assert f"no longer matches its seal (added {len(added_to_test)}: {added_to_test[0]}" in out, out[-2000:]
-    sealed = _stagebook(pipeline, "seal", "--reason", "50 new images")
+    sealed = _stagebook(project, "seal", "--reason", "50 new images")
     assert sealed.returncode == 0, sealed.stderr
-    accepted = _stagebook(pipeline, "run", "06")
+    accepted = _stagebook(project, "run", "06")
     assert accepted.returncode == 0, accepted.stderr[-2000:]
-    assert _runs(pipeline)[-1].data.tags["stagebook.stage"] == "06_sealed_test"
-    assert json.loads((pipeline / "metrics/06_sealed_test.json").read_text())["test_items"] == len(after[after == "test"])
+    assert _runs(project)[-1].data.tags["stagebook.stage"] == "06_sealed_test"
+    assert json.loads((project / "metrics/06_sealed_test.json").read_text())["test_items"] == len(after[after == "test"])
 
 
-def test_a_changed_byte_in_a_sealed_image_stops_stage_06_with_its_name(pipeline: Path):
-    victim = sorted(json.loads((pipeline / "data/test.seal.json").read_text())["items"])[0]
-    data = bytearray((pipeline / victim).read_bytes())
+def test_a_changed_byte_in_a_sealed_image_stops_stage_06_with_its_name(project: Path):
+    victim = sorted(json.loads((project / "data/test.seal.json").read_text())["items"])[0]
+    data = bytearray((project / victim).read_bytes())
     data[-6] ^= 0x01
-    (pipeline / victim).write_bytes(bytes(data))
-    done = _stagebook(pipeline, "run", "06", "--no-track")
+    (project / victim).write_bytes(bytes(data))
+    done = _stagebook(project, "run", "06", "--no-track")
     assert done.returncode == 1 and f"changed 1: {victim}" in done.stderr and "Traceback" not in done.stderr
 
 
-def test_a_bad_manifest_stops_stage_01_in_one_line_and_loses_nothing(pipeline: Path):
-    splits, doc = (pipeline / "data/splits.csv").read_bytes(), (pipeline / "data_doc.md").read_bytes()
-    (pipeline / "data/list.csv").write_text("path,label\nraw/digits/0/digit_0000.png,0\nraw/digits/0/nope.png,0\n")
-    done = _stagebook(pipeline, "run", "01", "--set", "source=data/list.csv")
+def test_a_bad_manifest_stops_stage_01_in_one_line_and_loses_nothing(project: Path):
+    splits, doc = (project / "data/splits.csv").read_bytes(), (project / "data_doc.md").read_bytes()
+    (project / "data/list.csv").write_text("path,label\nraw/digits/0/digit_0000.png,0\nraw/digits/0/nope.png,0\n")
+    done = _stagebook(project, "run", "01", "--set", "source=data/list.csv")
     assert done.returncode == 1 and "Traceback" not in done.stderr
     assert "list.csv: row 3 names 'raw/digits/0/nope.png', which does not exist" in done.stderr
-    assert (pipeline / "data/splits.csv").read_bytes() == splits and (pipeline / "data_doc.md").read_bytes() == doc
+    assert (project / "data/splits.csv").read_bytes() == splits and (project / "data_doc.md").read_bytes() == doc
 
 
-def test_reviewed_relabels_are_applied_by_stage_01_and_test_items_are_refused(pipeline: Path):
-    splits = pd.read_csv(pipeline / "data/splits.csv", dtype=str, keep_default_na=False)
+def test_reviewed_relabels_are_applied_by_stage_01_and_test_items_are_refused(project: Path):
+    splits = pd.read_csv(project / "data/splits.csv", dtype=str, keep_default_na=False)
     item = splits[(splits.split == "valid") & (splits.status == "ok")].iloc[0]
     new_label = "1" if item.label != "1" else "2"
-    relabels = pipeline / "data/relabels.csv"
+    relabels = project / "data/relabels.csv"
     relabels.write_text(f"path,label,predicted,reviewed_label,reviewer\n{item.path},{item.label},{new_label},{new_label},t\n")
-    done = _stagebook(pipeline, "run", "01", "--no-track")
+    done = _stagebook(project, "run", "01", "--no-track")
     assert done.returncode == 0, done.stderr[-2000:]
-    after = pd.read_csv(pipeline / "data/splits.csv", dtype=str, keep_default_na=False).set_index("path")
+    after = pd.read_csv(project / "data/splits.csv", dtype=str, keep_default_na=False).set_index("path")
     assert after.loc[item.path, "label"] == new_label and after.loc[item.path, "relabeled_from"] == item.label
     assert after.loc[item.path, "split"] == "valid"
-    assert json.loads((pipeline / "metrics/01_data_document.json").read_text())["relabeled"] == 1
+    assert json.loads((project / "metrics/01_data_document.json").read_text())["relabeled"] == 1
     test_item = splits[splits.split == "test"].iloc[0]
     relabels.write_text(f"path,reviewed_label\n{test_item.path},{new_label}\n")
-    done = _stagebook(pipeline, "run", "01", "--no-track")
+    done = _stagebook(project, "run", "01", "--no-track")
     assert done.returncode == 1 and f"{test_item.path} is a sealed test item" in done.stderr

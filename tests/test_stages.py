@@ -81,7 +81,8 @@ def test_dvc_pipeline_runs_every_stage_with_its_notebook_and_params():
         assert spec["cmd"] == f"stagebook run {stage.name}"
         assert f"nbs/{stage.name}.ipynb" in spec["deps"]
         assert {f"params/{stage.name}.yaml": None} in spec["params"]
-        assert any(f"metrics/{stage.name}.json" in m for m in spec["metrics"])
+        assert any(f"metrics/{stage.name}.json" in o for o in spec["outs"])  # every number, read by later stages
+        assert any(f"metrics/headline/{stage.name}.json" in m for m in spec["metrics"])  # what `dvc metrics show` lists
     # each stage reads its predecessor's metrics, so a change re-runs what follows and nothing before
     for before, after in zip(STAGES, STAGES[1:]):
         assert f"metrics/{before.name}.json" in pipeline[after.name]["deps"]

@@ -64,6 +64,15 @@ def _runs(args) -> None:
     print("stagebook: * = uncommitted changes; details: make mlflow-ui")
 
 
+def _exps(args) -> None:
+    import shutil
+
+    from .experiments import collect, table
+    from .project import find_root
+    rows = collect(find_root())
+    print(table(rows, args.width or shutil.get_terminal_size((120, 24)).columns) or "stagebook: no experiments yet")
+
+
 def _lineage(args) -> None:
     import json
 
@@ -221,6 +230,10 @@ def parser() -> argparse.ArgumentParser:
     runs = sub.add_parser("runs", help="the last runs of each stage: status, key metric, commit")
     runs.add_argument("--last", type=int, default=3, help="runs per stage (default 3)")
     runs.set_defaults(func=_runs)
+
+    exps = sub.add_parser("exps", help="DVC experiments in one screen: headline metrics that differ, changed params")
+    exps.add_argument("--width", type=int, help="characters per line (default: the terminal's)")
+    exps.set_defaults(func=_exps)
 
     sub.add_parser("stages", help="list the project's stages in order").set_defaults(func=_stages)
     sub.add_parser("lineage", help="print the current code commit, data version and model hash").set_defaults(func=_lineage)

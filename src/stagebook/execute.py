@@ -21,7 +21,8 @@ from .errors import StagebookError
 from .iorw import atomic_write_text, replace_tree
 from .params import load_params, params_hash, parse_overrides
 from .project import Stage, find_root, resolve_stage
-from .stage import PARAMS_VAR, RUN_DIR_VAR, RUN_ID_FILE, STAGE_VAR, VARIANT_VAR
+from .protocol import (LINEAGE_VAR, OWNER_PID_VAR, PARAMS_VAR, ROOT_VAR, RUN_DIR_VAR, STAGE_VAR, TRACKED_VAR, VARIANT_VAR,
+                       Staging)
 
 
 class StageFailed(StagebookError):
@@ -81,7 +82,8 @@ def _run_locked(root: Path, stage: Stage, params: dict, lineage, staging: Path, 
                 variant_dir: Path | None, parent_run_id: str | None, run_name: str | None) -> RunResult:
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir(parents=True)
-    executed = staging / f"{stage.name}.ipynb"
+    layout = Staging(staging)
+    executed = layout.notebook(stage.name)
 
     tracker = None
     if track:
@@ -90,21 +92,22 @@ def _run_locked(root: Path, stage: Stage, params: dict, lineage, staging: Path, 
         tracker.start_in_background()  # MLflow's start-up runs in its own process, beside the kernel
         threading.Thread(target=_publish_run_id, args=(tracker, staging), daemon=True).start()
 
-    env = {STAGE_VAR: stage.name, RUN_DIR_VAR: str(staging), "STAGEBOOK_ROOT": str(root),
-           lineage_mod.ENV_VAR: json.dumps(lineage.as_dict()), "STAGEBOOK_TRACKED": "1" if track else "",
+    env = {STAGE_VAR: stage.name, RUN_DIR_VAR: str(staging), ROOT_VAR: str(root),
+           LINEAGE_VAR: json.dumps(lineage.as_dict()), TRACKED_VAR: "1" if track else "",
            PARAMS_VAR: json.dumps(params, default=str),
            VARIANT_VAR: "1" if variant_dir else "",
+           **({} if variant_dir else {OWNER_PID_VAR: str(os.getpid())}),  # variants inherit the stage run's
            "PYDEVD_DISABLE_FILE_VALIDATION": "1"}  # silences a debugger warning every kernel prints
     try:
         with _environment(env):
             _execute(stage, executed, params, root, log_output)
-            metrics = _read_metrics(staging)
+            metrics = _read_json(layout.metrics)
             if stage.report_template.is_file() and not variant_dir:
                 from .report import render_pdf
                 context = {"stage": stage.name, "params": params, "metrics": metrics, "lineage": lineage.as_dict(),
                            "artifacts_dir": str(staging), "root": str(root),
                            "created": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")}
-                render_pdf(stage.report_template, staging / "report.pdf", context, staging / "latex")
+                render_pdf(stage.report_template, layout.report_pdf, context, layout.latex)
     except BaseException as err:
         failed = root / "reports" / ".failed" / f"{stage.name}.ipynb"
         if executed.is_file() and not variant_dir:
@@ -123,13 +126,13 @@ def _run_locked(root: Path, stage: Stage, params: dict, lineage, staging: Path, 
     run_id = tracker.wait_started() if tracker is not None else None  # a broken store stops us before promotion
     if variant_dir:
         if tracker is not None:
-            tracker.finish("FINISHED", metrics, files=[executed, staging / "metrics.json"],
-                           folders=[staging / "figures", staging / "tables"], run_dir=staging, parent_run_id=parent_run_id)
+            tracker.finish("FINISHED", metrics, files=[executed, layout.metrics],
+                           folders=[layout.figures, layout.tables], run_dir=staging, parent_run_id=parent_run_id)
         return RunResult(stage, params, metrics, lineage, run_id)
-    _promote(stage, staging, metrics, lineage, root)
+    _promote(stage, layout, metrics, lineage, root)
     if tracker is not None:
-        tracker.finish("FINISHED", metrics, files=[stage.executed_notebook, stage.metrics_file, stage.lineage_file,
-                                                   stage.report_pdf],
+        tracker.finish("FINISHED", metrics, files=[stage.executed_notebook, stage.metrics_file, stage.headline_file,
+                                                   stage.lineage_file, stage.report_pdf],
                        folders=[stage.artifacts_dir / "figures", stage.artifacts_dir / "tables"], run_dir=staging,
                        parent_run_id=parent_run_id)
     shutil.rmtree(staging, ignore_errors=True)
@@ -152,7 +155,7 @@ def _publish_run_id(tracker, staging: Path) -> None:
     except StagebookError:
         return  # reported by the runner itself
     if staging.is_dir():
-        atomic_write_text(staging / RUN_ID_FILE, run_id)
+        atomic_write_text(Staging(staging).run_id, run_id)
 
 
 def _check_params_match_notebook(stage: Stage, params: dict) -> None:
@@ -240,14 +243,13 @@ def _local_kernel_manager():
     return LocalSocketKernelManager
 
 
-def _read_metrics(staging: Path) -> dict:
-    path = staging / "metrics.json"
+def _read_json(path: Path) -> dict:
     return json.loads(path.read_text()) if path.is_file() else {}
 
 
-def _promote(stage: Stage, staging: Path, metrics: dict, lineage: lineage_mod.Lineage, root: Path) -> None:
+def _promote(stage: Stage, layout: Staging, metrics: dict, lineage: lineage_mod.Lineage, root: Path) -> None:
     "Move a successful run's outputs into place; each replacement is whole or not at all."
-    outputs = staging / "outputs"
+    staging, outputs = layout.dir, layout.outputs
     if outputs.is_dir():  # files the notebook wrote through `stage.output_path`, e.g. models and checkpoints
         for path in sorted(p for p in outputs.rglob("*") if p.is_file()):
             target = root / path.relative_to(outputs)
@@ -255,17 +257,20 @@ def _promote(stage: Stage, staging: Path, metrics: dict, lineage: lineage_mod.Li
             os.replace(path, target)
     artifacts = staging / "artifacts"
     artifacts.mkdir()
-    for name in ("figures", "tables"):
-        if (staging / name).is_dir():
-            (staging / name).rename(artifacts / name)
-    if (staging / "latex" / "report.log").is_file():  # kept, so a layout check can read what LaTeX said
-        os.replace(staging / "latex" / "report.log", artifacts / "report.log")
+    for folder in (layout.figures, layout.tables):
+        if folder.is_dir():
+            folder.rename(artifacts / folder.name)
+    if (layout.latex / "report.log").is_file():  # kept, so a layout check can read what LaTeX said
+        os.replace(layout.latex / "report.log", artifacts / "report.log")
     replace_tree(artifacts, stage.artifacts_dir)
-    # Numbers only in metrics/ (what `dvc metrics show` and `dvc exp show` tabulate); the run's identity in lineage/.
+    # Numbers only in metrics/; the few a reader compares first in metrics/headline/ (what `dvc metrics show` and
+    # `dvc exp show` tabulate, narrow enough for a 120-column terminal); the run's identity in lineage/.
     atomic_write_text(stage.metrics_file, json.dumps(metrics, indent=2, sort_keys=True, default=str) + "\n")
+    stage.headline_file.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(stage.headline_file, json.dumps(_read_json(layout.headline), indent=2, sort_keys=True) + "\n")
     atomic_write_text(stage.lineage_file, json.dumps({"stage": stage.name, **lineage.as_dict()}, indent=2,
                                                      sort_keys=True) + "\n")
     stage.executed_notebook.parent.mkdir(parents=True, exist_ok=True)
-    os.replace(staging / f"{stage.name}.ipynb", stage.executed_notebook)
-    if (staging / "report.pdf").is_file():
-        os.replace(staging / "report.pdf", stage.report_pdf)
+    os.replace(layout.notebook(stage.name), stage.executed_notebook)
+    if layout.report_pdf.is_file():
+        os.replace(layout.report_pdf, stage.report_pdf)

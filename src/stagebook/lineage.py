@@ -13,10 +13,11 @@ from pathlib import Path
 
 from . import __version__
 from .project import DATA_RECORDS, data_record, settings
+from .protocol import LINEAGE_VAR
 
 # Files the pipeline itself rewrites: a run that touched them has not changed the code.
 PIPELINE_WRITTEN = ("dvc.lock", "data_doc.md", "metrics", "lineage")
-ENV_VAR = "STAGEBOOK_LINEAGE"
+ENV_VAR = LINEAGE_VAR
 
 
 @dataclass(frozen=True)

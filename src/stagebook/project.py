@@ -8,6 +8,7 @@ from functools import lru_cache
 from pathlib import Path
 
 from .errors import StagebookError
+from .protocol import ROOT_VAR
 
 try:
     import tomllib
@@ -49,7 +50,7 @@ def template_version(root: Path) -> str:
 
 def find_root(start: Path | str | None = None) -> Path:
     "The nearest folder, from `start` (or $STAGEBOOK_ROOT, or cwd) upwards, whose pyproject.toml has [tool.stagebook]."
-    here = Path(start or os.environ.get("STAGEBOOK_ROOT") or Path.cwd()).resolve()
+    here = Path(start or os.environ.get(ROOT_VAR) or Path.cwd()).resolve()
     for folder in [here, *here.parents]:
         cfg = folder / "pyproject.toml"
         if cfg.is_file() and "[tool.stagebook]" in cfg.read_text(encoding="utf-8"):
@@ -94,6 +95,9 @@ class Stage:
 
     @property
     def metrics_file(self) -> Path: return self.root / "metrics" / f"{self.name}.json"
+
+    @property
+    def headline_file(self) -> Path: return self.root / "metrics" / "headline" / f"{self.name}.json"
 
     @property
     def lineage_file(self) -> Path: return self.root / "lineage" / f"{self.name}.json"

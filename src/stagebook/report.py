@@ -18,8 +18,9 @@ from pathlib import Path
 import pandas as pd
 
 from .errors import StagebookError
+from .protocol import REPORT_CONTEXT_VAR
 
-CONTEXT_VAR = "STAGEBOOK_REPORT_CONTEXT"
+CONTEXT_VAR = REPORT_CONTEXT_VAR
 _TEX_SPECIALS = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_",
                  "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}"}
 

@@ -97,7 +97,7 @@ def reap_dead(root: Path) -> int:
 
 
 def _mark_killed(root: Path, stage: str, pid) -> int:
-    "Set KILLED on the RUNNING runs (and their nested runs) that process `pid` started for `stage`."
+    "Set KILLED on the RUNNING runs that process `pid` started for `stage`: its own, nested and sweep variants'."
     from mlflow.tracking import MlflowClient
 
     from .project import settings
@@ -112,8 +112,9 @@ def _mark_killed(root: Path, stage: str, pid) -> int:
     experiment = client.get_experiment_by_name(settings(root)["experiment"])
     if experiment is None:
         return 0
-    ghosts = client.search_runs([experiment.experiment_id], max_results=1000,
-                                filter_string=f"attributes.status = 'RUNNING' and tags.`stagebook.pid` = '{pid}'")
-    for run in ghosts:
-        client.set_terminated(run.info.run_id, "KILLED")
+    ghosts = {run.info.run_id for tag in ("stagebook.pid", "stagebook.owner_pid")  # the run, its nested and variant runs
+              for run in client.search_runs([experiment.experiment_id], max_results=1000,
+                                            filter_string=f"attributes.status = 'RUNNING' and tags.`{tag}` = '{pid}'")}
+    for run_id in sorted(ghosts):
+        client.set_terminated(run_id, "KILLED")
     return len(ghosts)

@@ -61,7 +61,8 @@ def stage_notebook(name: str, repo_url: str = "") -> dict:
                                       " file plus --set overrides.\nseed = 0", ["parameters"]),
         _cell("code", f"{number}-02", "from stagebook import stage\n\nctx = stage.init(seed)"),
         _cell("code", f"{number}-03", "stage.log_metrics({})  # the numbers this stage hands on (metrics/"
-                                      f"{name}.json)"),
+                                      f"{name}.json)\nstage.log_headline()  # the few `dvc metrics show` tabulates,"
+                                      " e.g. valid_acc=0.97"),
     ], "metadata": {"kernelspec": {"display_name": "python3", "language": "python", "name": "python3"}},
         "nbformat": 4, "nbformat_minor": 5}
 
@@ -74,7 +75,8 @@ def _dvc_entry(name: str, previous: Stage | None, report: bool) -> str:
              "    params:", f"      - params/{name}.yaml:", "    outs:",
              *(line for o in outs for line in (f"      - {o}:", "          persist: true")),  # see dvc.yaml's head
              f"      - lineage/{name}.json:", "          cache: false", "          persist: true",
-             "    metrics:", f"      - metrics/{name}.json:", "          cache: false", "          persist: true"]
+             f"      - metrics/{name}.json:", "          cache: false", "          persist: true",
+             "    metrics:", f"      - metrics/headline/{name}.json:", "          cache: false", "          persist: true"]
     return "\n".join(lines) + "\n"
 
 

@@ -22,6 +22,7 @@ from .errors import StagebookError
 from .iorw import atomic_write_text
 from .lineage import file_sha256
 from .project import data_record, find_root, settings
+from .protocol import STAGE_VAR
 
 GENESIS = "0" * 64
 
@@ -110,7 +111,7 @@ class Ledger:
 
         lin = lineage.current()
         entries = self.entries()
-        entry = {"seq": len(entries) + 1, "time": _now(), "event": event, "stage": os.environ.get("STAGEBOOK_STAGE", ""),
+        entry = {"seq": len(entries) + 1, "time": _now(), "event": event, "stage": os.environ.get(STAGE_VAR, ""),
                  "commit": lin.get("code_commit", ""), "model_sha256": model_sha256, "detail": detail,
                  "prev": entries[-1]["hash"] if entries else GENESIS}
         entry["hash"] = _entry_hash(entry)

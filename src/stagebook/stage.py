@@ -19,10 +19,7 @@ from pathlib import Path
 
 from . import lineage as _lineage
 from .project import find_root
-
-STAGE_VAR, RUN_DIR_VAR, VARIANT_VAR = "STAGEBOOK_STAGE", "STAGEBOOK_RUN_DIR", "STAGEBOOK_VARIANT"
-PARAMS_VAR = "STAGEBOOK_PARAMS"  # the effective params of this run, so a notebook can start a sweep of itself
-RUN_ID_FILE = "mlflow_run_id"  # written by the runner once the stage's MLflow run exists
+from .protocol import PARAMS_VAR, RUN_DIR_VAR, STAGE_VAR, TRACKED_VAR, VARIANT_VAR, ChildStaging, Staging
 
 
 @dataclass
@@ -31,6 +28,10 @@ class Context:
     name: str | None
     run_dir: Path
     lineage: dict = field(default_factory=dict)
+
+    @property
+    def staging(self) -> Staging:
+        return Staging(self.run_dir)
 
     @property
     def interactive(self) -> bool:
@@ -107,7 +108,14 @@ def _write_series(path: Path, key: str, values) -> None:
 
 def log_metrics(values: dict) -> dict:
     "Record numeric results of this stage; they become `metrics/NN_name.json` and MLflow metrics."
-    return _merge_json(context().run_dir / "metrics.json", values)
+    return _merge_json(context().staging.metrics, values)
+
+
+def log_headline(**numbers) -> dict:
+    """The few numbers a reader compares first: `metrics/headline/NN_name.json`, what `dvc metrics show` and `dvc exp
+    show` tabulate. Short names shared across stages (`items`, `valid_acc`, `test_acc`) keep that table within 120
+    columns; every number still belongs in `log_metrics` too."""
+    return _merge_json(context().staging.headline, numbers)
 
 
 def log_metric(key: str, value) -> None:
@@ -116,7 +124,7 @@ def log_metric(key: str, value) -> None:
 
 def log_series(key: str, values) -> None:
     "Record a curve (one value per epoch or step) on the stage's MLflow run."
-    _write_series(context().run_dir / "series.json", key, values)
+    _write_series(context().staging.series, key, values)
 
 
 def _save_figure(fig, folder: Path, name: str, dpi: int) -> Path:
@@ -135,12 +143,12 @@ def _save_figure(fig, folder: Path, name: str, dpi: int) -> Path:
 
 def log_figure(fig, name: str) -> Path:
     "Save a matplotlib figure as `figures/<name>.png` of this run (for MLflow and the stage's PDF)."
-    return _save_figure(fig, context().run_dir / "figures", name, 150)
+    return _save_figure(fig, context().staging.figures, name, 150)
 
 
 def log_table(df, name: str) -> Path:
     "Save a pandas table as `tables/<name>.csv` of this run (for MLflow and the stage's PDF)."
-    path = context().run_dir / "tables" / f"{Path(name).stem}.csv"
+    path = context().staging.tables / f"{Path(name).stem}.csv"
     path.parent.mkdir(parents=True, exist_ok=True)
     df.to_csv(path, index=False)
     return path
@@ -155,7 +163,7 @@ def output_path(relative: str | Path) -> Path:
     relative = Path(relative)
     if relative.is_absolute() or ".." in relative.parts:
         raise ValueError(f"output path {relative} must be relative to the project root, inside it")
-    path = context().run_dir / "outputs" / relative
+    path = context().staging.outputs / relative
     path.parent.mkdir(parents=True, exist_ok=True)
     return path
 
@@ -166,48 +174,52 @@ class ChildRun:
     name: str
     dir: Path
 
+    @property
+    def files(self) -> ChildStaging:
+        return ChildStaging(self.dir)
+
     def log_params(self, values: dict) -> None:
-        path = self.dir / "params.json"
+        path = self.files.params
         params = json.loads(path.read_text()) if path.is_file() else {}
         params.update({k: str(v) for k, v in values.items()})
         path.write_text(json.dumps(params, indent=2, sort_keys=True))
 
     def log_metrics(self, values: dict) -> dict:
-        return _merge_json(self.dir / "metrics.json", values)
+        return _merge_json(self.files.metrics, values)
 
     def log_series(self, key: str, values) -> None:
-        _write_series(self.dir / "series.json", key, values)
+        _write_series(self.files.series, key, values)
 
     def log_figure(self, fig, name: str) -> Path:
-        return _save_figure(fig, self.dir / "artifacts", name, 120)
+        return _save_figure(fig, self.files.artifacts, name, 120)
 
 
 @contextmanager
 def child_run(name: str, params: dict | None = None):
     "`with stage.child_run(name, params) as run:` records a nested run, logged as soon as the block ends; an exception marks it FAILED."
-    children = context().run_dir / "children"
+    children = context().staging.children
     children.mkdir(parents=True, exist_ok=True)
     slug = re.sub(r"[^A-Za-z0-9_.-]+", "_", name)
     folder = children / f"{len(list(children.iterdir())):02d}_{slug}"
     folder.mkdir()
     run = ChildRun(name, folder)
-    (folder / "name").write_text(name)
+    run.files.name.write_text(name)
     run.log_params(params or {})
-    (folder / "status").write_text("RUNNING")
+    run.files.status.write_text("RUNNING")
     try:
         yield run
     except BaseException:
-        (folder / "status").write_text("FAILED")
+        run.files.status.write_text("FAILED")
         raise
-    (folder / "status").write_text("FINISHED")
+    run.files.status.write_text("FINISHED")
 
 
 def run_id(timeout: float = 60.0) -> str | None:
     "This stage's MLflow run id (None when untracked or interactive); sweeps started here nest under it."
-    path = context().run_dir / RUN_ID_FILE
+    path = context().staging.run_id
     deadline = time.monotonic() + timeout
     while not path.is_file():
-        if context().interactive or not os.environ.get("STAGEBOOK_TRACKED") or time.monotonic() > deadline:
+        if context().interactive or not os.environ.get(TRACKED_VAR) or time.monotonic() > deadline:
             return None
         time.sleep(0.05)
     return path.read_text().strip() or None

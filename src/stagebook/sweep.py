@@ -22,6 +22,7 @@ import yaml
 from .errors import StagebookError
 from .params import load_params, parse_overrides
 from .project import find_root, resolve_stage
+from .protocol import Staging
 
 
 def parse_grid(pairs: list[str], source: Path, known: dict) -> dict[str, list]:
@@ -108,7 +109,7 @@ def run_sweep(stage_ref: str, grid: dict[str, list], fixed: list[str] = (), jobs
                "PYTORCH_CUDA_ALLOC_CONF": os.environ.get("PYTORCH_CUDA_ALLOC_CONF", "expandable_segments:True")}
         t0 = time.perf_counter()
         proc = subprocess.run(cmd, cwd=root, env=env, capture_output=True, text=True)
-        metrics_file = folder / "metrics.json"
+        metrics_file = Staging(folder).metrics
         metrics = json.loads(metrics_file.read_text()) if proc.returncode == 0 and metrics_file.is_file() else {}
         error = "" if proc.returncode == 0 else (proc.stderr.strip().splitlines() or ["failed"])[-1]
         row = {"variant": name, **{k: _text(v) if isinstance(v, (list, dict)) else v for k, v in combo.items()},

@@ -18,6 +18,7 @@ from pathlib import Path
 from .errors import StagebookError
 from .lineage import Lineage
 from .project import settings
+from .protocol import OWNER_PID_VAR, ChildStaging, Staging
 
 
 def tracking_uri(root: Path) -> str:
@@ -46,7 +47,7 @@ class Tracker:
         self._proc = subprocess.Popen([sys.executable, "-m", "stagebook.tracking"], stdin=subprocess.PIPE,
                                       stdout=subprocess.PIPE, text=True, env=env)
         self._send({"op": "start", "root": str(self.root), "stage": self.stage, "params": self.params, "pid": os.getpid(),
-                    "lineage": self.lineage.as_dict(), "run_name": self.run_name,
+                    "owner_pid": os.environ.get(OWNER_PID_VAR, ""), "lineage": self.lineage.as_dict(), "run_name": self.run_name,
                     "run_dir": str(self.run_dir) if self.run_dir else None})
 
     def wait_started(self) -> str:
@@ -64,8 +65,9 @@ class Tracker:
         `stage.child_run`) are logged too, even when the stage failed, so a failed phase shows beside those that passed.
         """
         self.wait_started()
-        series = run_dir / "series.json" if run_dir else None
-        children = sorted(str(p) for p in (run_dir / "children").iterdir()) if run_dir and (run_dir / "children").is_dir() else []
+        staging = Staging(run_dir) if run_dir else None
+        series = staging.series if staging else None
+        children = sorted(str(p) for p in staging.children.iterdir()) if staging and staging.children.is_dir() else []
         self._send({"op": "finish", "status": status, "metrics": metrics or {},
                     "series": json.loads(series.read_text()) if series and series.is_file() else {},
                     "children": children, "parent_run_id": parent_run_id,
@@ -145,6 +147,7 @@ def _start(request: dict):
     lineage = Lineage(**request["lineage"])
     tags = {**lineage.as_tags(), "stagebook.stage": request["stage"], "mlflow.source.git.commit": lineage.code_commit,
             "stagebook.pid": str(request.get("pid", "")),  # a run whose process is gone is reaped (stagebook.runlock)
+            "stagebook.owner_pid": str(request.get("owner_pid") or request.get("pid", "")),  # ... and its variants
             "mlflow.source.name": f"nbs/{request['stage']}.ipynb"}
     run = client.create_run(experiment_id, run_name=request.get("run_name") or request["stage"], tags=tags)
     params = [Param(k, str(v)[:6000]) for k, v in sorted(request["params"].items())]
@@ -174,19 +177,20 @@ def _log_child(client, parent, folder: Path) -> None:
     "One nested run written by `stage.child_run`: params, metrics, curves and its artifacts."
     from mlflow.entities import Param
 
-    def read(name, default):
-        path = folder / name
+    files = ChildStaging(folder)
+
+    def read(path: Path, default):
         return json.loads(path.read_text()) if path.is_file() else default
 
-    name = (folder / "name").read_text() if (folder / "name").is_file() else folder.name
+    name = files.name.read_text() if files.name.is_file() else folder.name
     tags = {k: v for k, v in parent.data.tags.items() if k.startswith("stagebook.") or k == "mlflow.source.git.commit"}
     run = client.create_run(parent.info.experiment_id, run_name=name,
                             tags={**tags, "mlflow.parentRunId": parent.info.run_id, "stagebook.child": name})
-    params = [Param(k, str(v)[:6000]) for k, v in sorted(read("params.json", {}).items())]
-    _log_batches(client, run.info.run_id, _metric_batch(read("metrics.json", {}), read("series.json", {})), params)
-    if (folder / "artifacts").is_dir():
-        client.log_artifacts(run.info.run_id, str(folder / "artifacts"))
-    status = (folder / "status").read_text().strip() if (folder / "status").is_file() else "FINISHED"
+    params = [Param(k, str(v)[:6000]) for k, v in sorted(read(files.params, {}).items())]
+    _log_batches(client, run.info.run_id, _metric_batch(read(files.metrics, {}), read(files.series, {})), params)
+    if files.artifacts.is_dir():
+        client.log_artifacts(run.info.run_id, str(files.artifacts))
+    status = files.status.read_text().strip() if files.status.is_file() else "FINISHED"
     client.set_terminated(run.info.run_id, "FAILED" if status == "RUNNING" else status)
 
 
@@ -196,7 +200,7 @@ class _ChildWatcher:
 
     def __init__(self, client, run_id: str, run_dir: str | None):
         self.client, self.run_id = client, run_id
-        self.children = Path(run_dir) / "children" if run_dir else None
+        self.children = Staging(Path(run_dir)).children if run_dir else None
         self.logged: set[str] = set()
         self.lock = threading.Lock()
         self.stop = threading.Event()
@@ -221,7 +225,7 @@ class _ChildWatcher:
             if not self.children.is_dir():
                 continue
             for folder in sorted(self.children.iterdir()):
-                status = folder / "status"
+                status = ChildStaging(folder).status
                 if str(folder) not in self.logged and status.is_file() and status.read_text().strip() in ("FINISHED", "FAILED"):
                     try:
                         self.log(folder)
