@@ -104,9 +104,84 @@ def test_first_repro_runs_every_stage_once_with_lineage(pipeline: Path):
         assert run.data.tags["stagebook.code_dirty"] == "False", "the pipeline's own writes must not count as dirty code"
     data_versions = {r.data.tags["stagebook.stage"]: r.data.tags["stagebook.data_version"] for r in runs}
     assert data_versions["00_problem_page"] == "none" and data_versions["02_baseline"] != "none"
-    assert len({v for k, v in data_versions.items() if k >= "02"}) == 1
-    assert runs[-1].data.tags["stagebook.model_sha256"] != "none"
+    assert len({v for k, v in data_versions.items() if k >= "01"}) == 1  # 01's own lineage names the data it wrote
+    tags = {r.data.tags["stagebook.stage"]: r.data.tags for r in runs}
+    assert tags["04_tuning"]["stagebook.model_role"] == "produced" and tags["04_tuning"]["stagebook.model_sha256"] != "none"
+    assert tags["05_error_analysis"]["stagebook.model_sha256"] == tags["04_tuning"]["stagebook.model_sha256"]
+    # nothing was submitted: the sealed stage ran (its outputs exist) but read nothing
+    assert "no model has been submitted" in tags["06_sealed_test"]["stagebook.ended"]
+    assert [e["event"] for e in _ledger(pipeline)] == ["seal"]
     assert (pipeline / "dvc.lock").is_file()
+
+
+def _ledger(root: Path) -> list[dict]:
+    return [json.loads(line) for line in (root / "data/test_ledger.jsonl").read_text().splitlines()]
+
+
+@pytest.fixture(scope="module")
+def evaluated(pipeline: Path, tmp_path_factory) -> Path:
+    """The run pipeline after a submission: a first `stagebook submit` is refused (on 30 validation items every
+    classical baseline scores 1.0, a bar the CNN cannot pass); with input-independent baselines only, stage 04's model
+    beats the bar, is submitted, and `dvc repro` evaluates it on the sealed test."""
+    root = _copy(pipeline, tmp_path_factory.mktemp("evaluated") / "project")
+    saved = os.environ.get("PYTHONPATH")
+    os.environ["PYTHONPATH"] = str(root / "src")
+    try:
+        refused = _stagebook(root, "submit", "--by", "e2e", "--reason", "too early")
+        assert refused.returncode == 1 and "does not beat the stage-02 bar 1.0000" in refused.stderr, refused.stderr
+        _set_params(root, "02_baseline", models=["majority_class", "class_prior"])
+        git(root, "commit", "-qam", "input-independent baselines only")
+        _dvc_repro(root)
+        submitted = _stagebook(root, "submit", "--by", "e2e", "--reason", "beats the bar")
+        assert submitted.returncode == 0, submitted.stderr
+        git(root, "add", "-A", "data/submission.json", "models/submitted")
+        git(root, "commit", "-qm", "submit the model")
+        _dvc_repro(root)
+        yield root
+    finally:
+        os.environ.pop("PYTHONPATH") if saved is None else os.environ.__setitem__("PYTHONPATH", saved)
+
+
+@pytest.fixture
+def evaluated_copy(evaluated: Path, tmp_path: Path, monkeypatch) -> Path:
+    root = _copy(evaluated, tmp_path / "project")
+    monkeypatch.setenv("PYTHONPATH", str(root / "src"))
+    return root
+
+
+def test_a_submitted_model_is_evaluated_once_and_its_identity_chains_back_to_stage_04(evaluated: Path):
+    assert [e["event"] for e in _ledger(evaluated)] == ["seal", "refused", "submit", "read", "result"]
+    metrics = json.loads((evaluated / "metrics/06_sealed_test.json").read_text())
+    assert metrics["evaluated"] == 1 and metrics["model_rank"] == 1 and metrics["read_budget"] == 5
+    lineage = {p.stem: json.loads(p.read_text()) for p in (evaluated / "lineage").glob("*.json")}
+    checkpoints = pd.read_csv(evaluated / "reports/04_tuning/tables/checkpoints.csv", keep_default_na=False)
+    model = lineage["06_sealed_test"]["model_sha256"]
+    assert model in set(checkpoints.sha256) and checkpoints.set_index("sha256").loc[model, "model"] == "yes"
+    assert model == lineage["04_tuning"]["model_sha256"] == lineage["05_error_analysis"]["model_sha256"]
+    assert _ledger(evaluated)[-1]["model_sha256"] == model
+    for stage, record in lineage.items():  # every PDF's lineage: the data and model the stage made or used
+        text = _pdf_text(evaluated / f"reports/{stage}.pdf") if (evaluated / f"reports/{stage}.pdf").is_file() else ""
+        if stage >= "01":
+            assert record["data_version"] != "none" and (not text or record["data_version"] in text), stage
+        if stage >= "04":
+            assert record["model_sha256"] != "none" and (not text or record["model_sha256"][:16] in text), stage
+    report = _pdf_text(evaluated / "reports/06_sealed_test.pdf")
+    assert "Model 1 of 5 evaluated on this seal" in report and "Validation accuracy" in report
+    assert "test CI" in report
+
+
+def test_rerunning_the_sealed_stage_reuses_the_result_and_dvc_exp_run_never_reads(evaluated_copy: Path):
+    root = evaluated_copy
+    ledger = (root / "data/test_ledger.jsonl").read_bytes()
+    done = subprocess.run(["dvc", "exp", "run", "-S", "params/04_tuning.yaml:epochs=3"], cwd=root,
+                          capture_output=True, text=True)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    assert "06_sealed_test" not in done.stdout.replace("'06_sealed_test' didn't change", "")
+    assert (root / "data/test_ledger.jsonl").read_bytes() == ledger  # a changed param spends no test read
+    again = _stagebook(root, "run", "06")
+    assert again.returncode == 0, again.stderr
+    assert [e["event"] for e in _ledger(root)][-1] == "reuse"
+    assert json.loads((root / "metrics/06_sealed_test.json").read_text())["reused_result"] == 1
 
 
 def _pdf_text(pdf: Path) -> str:
@@ -172,16 +247,21 @@ def test_outputs_and_deliverables(pipeline: Path):
     assert "150 items, 150 usable, 0 quarantined" in doc and "0 duplicate clusters or groups straddle" in doc
     assert (pipeline / "models/model.pth").is_file()
     text = _pdf_text(pipeline / "reports/06_sealed_test.pdf")
-    for words in ("Lineage", "Code commit", "Data version", "Params hash", "Model sha256", "Test accuracy",
-                  "Latency per item", "Confusion matrix", "Per-class results", "precision"):
-        assert words in text, words
-    assert (pipeline / "reports/06_sealed_test/figures/confusion_matrix.png").is_file()
+    assert "No model evaluated" in text and "stagebook submit" in text
     data_doc = _pdf_text(pipeline / "reports/01_data_document.pdf")
     for words in ("Data document", "Motivation", "Labelling process", "Generated statistics", "test set sealed as",
                   "Cross-split leakage", "Quarantined (0)"):
         assert words in data_doc, words
     ok = _stagebook(pipeline, "ledger")
-    assert ok.returncode == 0 and "chain intact, 3 entries" in ok.stdout  # seal, read, result
+    assert ok.returncode == 0 and "chain intact, 1 entries" in ok.stdout  # the seal; nothing submitted, nothing read
+
+
+def test_the_model_report_shows_the_evaluation(evaluated: Path):
+    text = _pdf_text(evaluated / "reports/06_sealed_test.pdf")
+    for words in ("Lineage", "Code commit", "Data version", "Params hash", "Model sha256", "Test accuracy",
+                  "Latency per item", "Confusion matrix", "Per-class results", "precision"):
+        assert words in text, words
+    assert (evaluated / "reports/06_sealed_test/figures/confusion_matrix.png").is_file()
 
 
 def test_modelling_deliverables_show_what_each_stage_did(pipeline: Path):
@@ -373,25 +453,29 @@ def test_a_stage_05_param_reruns_05_only_when_its_numbers_do_not_change(project:
     assert (project / "data/test_ledger.jsonl").read_bytes() == ledger
 
 
-def test_new_data_moves_no_item_and_new_test_items_need_an_explicit_seal(project: Path):
-    before = pd.read_csv(project / "data/splits.csv", dtype=str, keep_default_na=False).set_index("path").split
-    _set_params(project, "embed_digits", per_class=20)  # 50 more images arrive
-    done = subprocess.run(["dvc", "repro", "01_data_document"], cwd=project, capture_output=True, text=True)
+def test_new_data_moves_no_item_and_new_test_items_need_an_explicit_seal(evaluated_copy: Path):
+    before = pd.read_csv(evaluated_copy / "data/splits.csv", dtype=str, keep_default_na=False).set_index("path").split
+    _set_params(evaluated_copy, "embed_digits", per_class=20)  # 50 more images arrive
+    done = subprocess.run(["dvc", "repro", "01_data_document"], cwd=evaluated_copy, capture_output=True, text=True)
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
-    refused = _stagebook(project, "run", "06")  # the sealed stage checks the seal before anything else
+    refused = _stagebook(evaluated_copy, "run", "06")  # the sealed stage checks the seal before anything else
     assert refused.returncode == 1
     out = refused.stderr
-    after = pd.read_csv(project / "data/splits.csv", dtype=str, keep_default_na=False).set_index("path").split
+    after = pd.read_csv(evaluated_copy / "data/splits.csv", dtype=str, keep_default_na=False).set_index("path").split
     assert len(after) == 200 and (after.reindex(before.index) == before).all(), "no placed item may move"
     added_to_test = sorted(set(after[after == "test"].index) - set(before.index))
     assert added_to_test, "the class-balanced placement should put some of 50 new items into test"
     assert f"no longer matches its seal (added {len(added_to_test)}: {added_to_test[0]}" in out, out[-2000:]
-    sealed = _stagebook(project, "seal", "--reason", "50 new images")
+    doc = (evaluated_copy / "data_doc.md").read_text()  # the data document says so, and how to accept them
+    assert f"**Not sealed yet:** the test split differs from the seal ({len(added_to_test)} added test items)" in doc
+    assert "`stagebook seal --reason TEXT`" in doc
+    sealed = _stagebook(evaluated_copy, "seal", "--reason", "50 new images")
     assert sealed.returncode == 0, sealed.stderr
-    accepted = _stagebook(project, "run", "06")
+    accepted = _stagebook(evaluated_copy, "run", "06")
     assert accepted.returncode == 0, accepted.stderr[-2000:]
-    assert _runs(project)[-1].data.tags["stagebook.stage"] == "06_sealed_test"
-    assert json.loads((project / "metrics/06_sealed_test.json").read_text())["test_items"] == len(after[after == "test"])
+    assert _runs(evaluated_copy)[-1].data.tags["stagebook.stage"] == "06_sealed_test"
+    metrics = json.loads((evaluated_copy / "metrics/06_sealed_test.json").read_text())
+    assert metrics["test_items"] == len(after[after == "test"]) and metrics["model_rank"] == 1  # a new seal, a new count
 
 
 def test_a_changed_byte_in_a_sealed_image_stops_stage_06_with_its_name(project: Path):

@@ -15,6 +15,7 @@ from stagebook.seal import Ledger, SealedTestSet, ledger_path, read_seal, seal_p
 from stagebook.split import split_assignments
 
 PROPS = {"train": 0.6, "valid": 0.2, "test": 0.2}
+SEALED = "06_sealed_test"
 
 
 @pytest.fixture
@@ -35,7 +36,7 @@ def _test_paths(root: Path) -> list[str]:
 
 
 def test_the_sealed_stage_reads_the_test_split_and_the_read_is_logged(sealed: Path):
-    rows = SealedTestSet(sealed).read("m" * 64)
+    rows = SealedTestSet(sealed, reader=SEALED).read("m" * 64)
     assert len(rows) == read_seal(sealed)["count"] > 0 and (rows.split == "test").all()
     events = [e["event"] for e in Ledger(sealed).entries()]
     assert events == ["seal", "read"] and Ledger(sealed).entries()[-1]["model_sha256"] == "m" * 64
@@ -46,7 +47,9 @@ def test_any_other_stage_or_a_person_is_refused_with_the_reason(sealed: Path, mo
     monkeypatch.setenv("STAGEBOOK_STAGE", stage)
     with pytest.raises(StagebookError, match="the test split is sealed: only stage 06_sealed_test, run by `stagebook run`"):
         read_split("test")
-    assert [e["event"] for e in Ledger(sealed).entries()] == ["seal"], "a refused read leaves no read in the ledger"
+    entries = Ledger(sealed).entries()
+    assert [e["event"] for e in entries] == ["seal", "refused"], "a refused read is logged, and is no read"
+    assert entries[-1]["detail"]["reader"] == (stage or "interactive")
 
 
 def test_one_changed_byte_stops_the_read_naming_the_file(sealed: Path):
@@ -55,7 +58,7 @@ def test_one_changed_byte_stops_the_read_naming_the_file(sealed: Path):
     data[-5] ^= 0xFF
     victim.write_bytes(bytes(data))
     with pytest.raises(StagebookError, match=rf"no longer matches its seal \(changed 1: {_test_paths(sealed)[0]}\)"):
-        SealedTestSet(sealed).read("m" * 64)
+        SealedTestSet(sealed, reader=SEALED).read("m" * 64)
 
 
 def test_vanished_and_added_items_are_listed(sealed: Path):
@@ -66,7 +69,7 @@ def test_vanished_and_added_items_are_listed(sealed: Path):
         splits.index[splits.split == "train"] != splits.index[splits.split == "train"][0], "test")
     splits.to_csv(sealed / "data" / "splits.csv", index=False)
     with pytest.raises(StagebookError, match=rf"vanished 1: {gone}; added 1: "):
-        SealedTestSet(sealed).read("m" * 64)
+        SealedTestSet(sealed, reader=SEALED).read("m" * 64)
 
 
 def test_a_relabelled_test_item_counts_as_changed(sealed: Path):
@@ -75,7 +78,7 @@ def test_a_relabelled_test_item_counts_as_changed(sealed: Path):
     splits.loc[splits.path == first, "label"] = "7" if splits.loc[splits.path == first, "label"].iloc[0] != "7" else "8"
     splits.to_csv(sealed / "data" / "splits.csv", index=False)
     with pytest.raises(StagebookError, match=f"changed 1: {first}"):
-        SealedTestSet(sealed).read("m" * 64)
+        SealedTestSet(sealed, reader=SEALED).read("m" * 64)
 
 
 def test_a_hand_edited_seal_is_detected(sealed: Path):
@@ -83,11 +86,11 @@ def test_a_hand_edited_seal_is_detected(sealed: Path):
     seal["items"].pop(sorted(seal["items"])[0])
     seal_path(sealed).write_text(json.dumps(seal))
     with pytest.raises(StagebookError, match="does not match its own list_hash: the seal was edited by hand"):
-        SealedTestSet(sealed).read("m" * 64)
+        SealedTestSet(sealed, reader=SEALED).read("m" * 64)
 
 
 def test_the_same_model_reuses_its_recorded_result_instead_of_reading_again(sealed: Path):
-    sealed_set = SealedTestSet(sealed)
+    sealed_set = SealedTestSet(sealed, reader=SEALED)
     assert sealed_set.recorded_predictions("a" * 64) is None
     rows = sealed_set.read("a" * 64)
     predictions = pd.DataFrame({"path": rows.path, "label": rows.label, "predicted": rows.label})
@@ -112,3 +115,31 @@ def test_ledger_chain_detects_an_edited_or_removed_line(sealed: Path):
     ledger_path(sealed).write_text("\n".join([lines[0], *lines[2:]]) + "\n")
     ok, message = ledger.verify()
     assert not ok and "chain broken at line 2" in message
+
+
+def test_a_changed_item_refusal_is_logged_too(sealed: Path):
+    victim = sealed / _test_paths(sealed)[0]
+    victim.write_bytes(victim.read_bytes() + b"x")
+    with pytest.raises(StagebookError):
+        SealedTestSet(sealed, reader=SEALED).read("m" * 64)
+    last = Ledger(sealed).entries()[-1]
+    assert last["event"] == "refused" and last["detail"]["changed"] == 1 and last["stage"] == SEALED
+
+
+def test_the_read_budget_counts_distinct_models_per_seal_and_refuses_the_next(sealed: Path):
+    sealed_set = SealedTestSet(sealed, reader=SEALED, budget=2)
+    for model in ("a", "b"):
+        sealed_set.read(model * 64)
+    sealed_set.read("a" * 64)  # a model already counted reads within the budget
+    assert sealed_set.standing("b" * 64) == (2, 2) and sealed_set.standing("c" * 64) == (0, 2)
+    with pytest.raises(StagebookError, match=r"the read budget of this seal is spent: 2 models were evaluated"):
+        sealed_set.read("c" * 64)
+    assert [e["event"] for e in Ledger(sealed).entries()][-1] == "refused"
+    splits = pd.read_csv(sealed / "data" / "splits.csv", dtype=str, keep_default_na=False)
+    write_seal(sealed, splits, reason="same items again")  # the same list: the same seal, still spent
+    with pytest.raises(StagebookError, match="budget of this seal is spent"):
+        SealedTestSet(sealed, reader=SEALED, budget=2).read("c" * 64)
+    splits.loc[splits.index[splits.split == "train"][0], "split"] = "test"  # new test data, sealed on purpose
+    splits.to_csv(sealed / "data" / "splits.csv", index=False)
+    write_seal(sealed, splits, reason="one more test item")
+    assert len(SealedTestSet(sealed, reader=SEALED, budget=2).read("c" * 64)) == read_seal(sealed)["count"]

@@ -83,9 +83,16 @@ def test_dvc_pipeline_runs_every_stage_with_its_notebook_and_params():
         assert {f"params/{stage.name}.yaml": None} in spec["params"]
         assert any(f"metrics/{stage.name}.json" in o for o in spec["outs"])  # every number, read by later stages
         assert any(f"metrics/headline/{stage.name}.json" in m for m in spec["metrics"])  # what `dvc metrics show` lists
-    # each stage reads its predecessor's metrics, so a change re-runs what follows and nothing before
+    # each stage reads its predecessor's metrics, so a change re-runs what follows and nothing before; except the
+    # sealed stage, which runs only for a submitted model: no retraining or new data re-runs it by itself
+    from stagebook.project import settings
+    sealed = settings(REPO)["sealed_test_stage"]
     for before, after in zip(STAGES, STAGES[1:]):
-        assert f"metrics/{before.name}.json" in pipeline[after.name]["deps"]
+        if after.name != sealed:
+            assert f"metrics/{before.name}.json" in pipeline[after.name]["deps"]
+    if sealed in pipeline:
+        assert "data/submission.json" in pipeline[sealed]["deps"]
+        assert not {"models/model.pth", "data/splits.csv"} & set(pipeline[sealed]["deps"])
 
 
 def test_nbdev_export_would_not_change_src(tmp_path: Path):

@@ -76,9 +76,13 @@ def _exps(args) -> None:
 def _lineage(args) -> None:
     import json
 
-    from .lineage import compute
+    from dataclasses import replace
+
+    from .lineage import compute, model_sha256
     from .project import find_root
-    print(json.dumps(compute(find_root(), "n/a").as_dict(), indent=2))
+    root = find_root()
+    print(json.dumps(replace(compute(root, "n/a"), model_sha256=model_sha256(root), model_role="on disk").as_dict(),
+                     indent=2))
 
 
 def _audit(args) -> None:
@@ -107,6 +111,19 @@ def _seal(args) -> None:
     root = find_root()
     seal = write_seal(root, load_splits(root, usable_only=False), reason=args.reason)
     print(f"stagebook: sealed {seal['count']} test items as {seal['list_hash'][:16]} (logged in the ledger)")
+
+
+def _submit(args) -> None:
+    from .project import find_root
+    from .submission import submission_path, submit
+    root = find_root()
+    record = submit(root, args.model, by=args.by, reason=args.reason)
+    if record.get("already"):
+        print(f"stagebook: {args.model} (sha256 {record['model_sha256'][:16]}) is already the submitted model; nothing changed")
+        return
+    print(f"stagebook: submitted {args.model} (sha256 {record['model_sha256'][:16]}, from {record['stage']}: validation"
+          f" {record['metric']} {record['valid']:.4f} > bar {record['bar']:.4f}), kept as {record['model']};"
+          f" commit {submission_path(root).relative_to(root)}, then `dvc repro` evaluates it on the sealed test")
 
 
 def _ledger(args) -> int:
@@ -202,6 +219,11 @@ def parser() -> argparse.ArgumentParser:
     seal.add_argument("--reason", default="stagebook seal", help="why, for the ledger")
     seal.set_defaults(func=_seal)
     sub.add_parser("ledger", help="print the test-set ledger and verify its hash chain").set_defaults(func=_ledger)
+    submit = sub.add_parser("submit", help="submit a model for the sealed test (stage 06 evaluates only this one)")
+    submit.add_argument("--model", default="models/model.pth", help="the model file (default models/model.pth)")
+    submit.add_argument("--by", required=True, help="who decides the model is ready (goes in the ledger)")
+    submit.add_argument("--reason", required=True, help="why now (goes in the ledger)")
+    submit.set_defaults(func=_submit)
 
     new = sub.add_parser("new", help="render a new project from the template (copier), with git and the toolkit pinned")
     new.add_argument("dir", help="folder for the new project (must not exist, or be empty)")

@@ -46,7 +46,8 @@ def _table(df: pd.DataFrame) -> str:
 
 
 def generated_block(splits: pd.DataFrame, summary: dict, balance: pd.DataFrame, leakage: int, seal: dict | None,
-                    data_version: str, chart: str | None = None, shown: int = 20) -> str:
+                    data_version: str, chart: str | None = None, shown: int = 20,
+                    unsealed: dict[str, list[str]] | None = None) -> str:
     "Markdown for the data document: counts, audit findings, leakage, balance, seal and data version."
     usable = splits[splits.status == "ok"]
     counts = pd.crosstab(usable.label, usable.split).reindex(columns=["train", "valid", "test"], fill_value=0)
@@ -58,6 +59,11 @@ def generated_block(splits: pd.DataFrame, summary: dict, balance: pd.DataFrame, 
     worst = balance.sort_values("max_deviation_points", ascending=False).head(1)
     lines = [f"Data version `{data_version}`; test set sealed as `{seal['list_hash'][:16]}` ({seal['count']} items)."
              if seal else f"Data version `{data_version}`; test set not sealed yet.", ""]
+    if unsealed and any(unsealed.values()):  # the seal and the data disagree: say so, and how to accept it
+        what = ", ".join(f"{len(paths)} {kind}" for kind, paths in unsealed.items() if paths)
+        lines += [f"**Not sealed yet:** the test split differs from the seal ({what} test items). The sealed stage"
+                  " refuses to read until the team accepts the new test set: `stagebook seal --reason TEXT` (logged in"
+                  " the ledger; the read budget starts again on the new seal).", ""]
     if chart:
         lines += [f"![Items per class and split]({chart})", ""]
     lines += [counts.reset_index().rename(columns={"label": "class"}).to_markdown(index=False), "",

@@ -102,10 +102,12 @@ def _run_locked(root: Path, stage: Stage, params: dict, lineage, staging: Path, 
         with _environment(env):
             _execute(stage, executed, params, root, log_output)
             metrics = _read_json(layout.metrics)
+            lineage = _after_run(root, lineage, layout)  # the data and model this run produced or used
+            ended = layout.ended.read_text() if layout.ended.is_file() else None
             if stage.report_template.is_file() and not variant_dir:
                 from .report import render_pdf
                 context = {"stage": stage.name, "params": params, "metrics": metrics, "lineage": lineage.as_dict(),
-                           "artifacts_dir": str(staging), "root": str(root),
+                           "artifacts_dir": str(staging), "root": str(root), "ended": ended,
                            "created": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")}
                 render_pdf(stage.report_template, layout.report_pdf, context, layout.latex)
     except BaseException as err:
@@ -127,16 +129,29 @@ def _run_locked(root: Path, stage: Stage, params: dict, lineage, staging: Path, 
     if variant_dir:
         if tracker is not None:
             tracker.finish("FINISHED", metrics, files=[executed, layout.metrics],
-                           folders=[layout.figures, layout.tables], run_dir=staging, parent_run_id=parent_run_id)
+                           folders=[layout.figures, layout.tables], run_dir=staging, parent_run_id=parent_run_id,
+                           tags=_final_tags(lineage, ended))
         return RunResult(stage, params, metrics, lineage, run_id)
     _promote(stage, layout, metrics, lineage, root)
     if tracker is not None:
         tracker.finish("FINISHED", metrics, files=[stage.executed_notebook, stage.metrics_file, stage.headline_file,
                                                    stage.lineage_file, stage.report_pdf],
                        folders=[stage.artifacts_dir / "figures", stage.artifacts_dir / "tables"], run_dir=staging,
-                       parent_run_id=parent_run_id)
+                       parent_run_id=parent_run_id, tags=_final_tags(lineage, ended))
     shutil.rmtree(staging, ignore_errors=True)
     return RunResult(stage, params, metrics, lineage, run_id)
+
+
+def _after_run(root: Path, lineage: lineage_mod.Lineage, layout: Staging) -> lineage_mod.Lineage:
+    "The lineage as the run leaves it: the data version on disk now (stage 01 writes it), the model it logged."
+    from dataclasses import replace
+    model = _read_json(layout.model)
+    return replace(lineage, data_version=lineage_mod.data_version(root), model_sha256=model.get("sha256", "none"),
+                   model_role=model.get("role", ""))
+
+
+def _final_tags(lineage: lineage_mod.Lineage, ended: str | None) -> dict[str, str]:
+    return {**lineage.as_tags(), **({"stagebook.ended": ended[:5000]} if ended else {})}
 
 
 def check_params(stage: Stage, params: dict, overridden: set[str] = frozenset()) -> None:
@@ -200,6 +215,9 @@ def _execute(stage: Stage, executed: Path, params: dict, root: Path, log_output:
                             progress_bar=False, log_output=log_output, kernel_name="python3",
                             kernel_manager_class=_local_kernel_manager())
     except PapermillExecutionError as err:
+        if err.ename == "StageEnded" and Staging(executed.parent).ended.is_file():
+            _tidy_ended(executed, Staging(executed.parent).ended.read_text())
+            return  # `stage.end(reason)`: a success that skips the cells that do not apply
         kept = root / "reports" / ".failed" / f"{stage.name}.ipynb"
         cell = _source_cell_number(stage.notebook, err.cell_index)
         detail = _first_line(err.evalue).rstrip(".") if err.evalue else ""
@@ -207,6 +225,18 @@ def _execute(stage: Stage, executed: Path, params: dict, root: Path, log_output:
             detail = f"{err.ename}: {detail}" if detail else err.ename
         raise StageFailed(f"stage {stage.name} failed in cell {cell} of {stage.notebook.relative_to(root)}: {detail};"
                           f" executed notebook kept at {kept.relative_to(root)}") from None
+
+
+def _tidy_ended(executed: Path, reason: str) -> None:
+    "An executed notebook that ended on purpose reads as such: no papermill error banner, no traceback."
+    import nbformat
+    book = nbformat.read(executed, as_version=4)
+    book.cells = [c for c in book.cells if "papermill-error-cell-tag" not in c.get("metadata", {}).get("tags", [])]
+    for cell in book.cells:
+        if any(o.get("output_type") == "error" and o.get("ename") == "StageEnded" for o in cell.get("outputs", [])):
+            cell.outputs = [o for o in cell.outputs if o.get("output_type") != "error"] + [
+                nbformat.v4.new_output("stream", name="stdout", text=f"stagebook: the stage ends here: {reason}\n")]
+    nbformat.write(book, executed)
 
 
 def _parameters_cells(cells: list) -> list[int]:

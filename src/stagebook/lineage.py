@@ -26,13 +26,14 @@ class Lineage:
     code_dirty: bool
     data_version: str
     params_hash: str
-    model_sha256: str
+    model_sha256: str  # the model this run produced or used (`stage.log_model`), else "none"
     stagebook_version: str = __version__
     template_version: str = "unknown"
     device: str = "cpu"
     gpu: str = ""
     torch_version: str = ""
     cuda_version: str = ""
+    model_role: str = ""  # produced or used
 
     def as_tags(self) -> dict[str, str]:
         "MLflow tag names and string values."
@@ -84,7 +85,7 @@ def compute(root: Path, params_digest: str, device_spec: str = "auto") -> Lineag
     from .project import template_version
 
     commit, dirty = code_state(root)
-    return Lineage(commit, dirty, data_version(root), params_digest, model_sha256(root),
+    return Lineage(commit, dirty, data_version(root), params_digest, "none",
                    template_version=template_version(root), **describe(device_spec))
 
 

@@ -26,7 +26,7 @@ ENV_OVERRIDES = {"tracking_uri": "STAGEBOOK_TRACKING_URI", "artifact_root": "STA
 
 # Records the pipeline keeps beside the split manifest (paths derive from `splits_file`); commit them with the project.
 DATA_RECORDS = {"split_policy": "split_policy.json", "seal": "test.seal.json", "ledger": "test_ledger.jsonl",
-                "test_results": "test_results"}
+                "test_results": "test_results", "submission": "submission.json"}
 
 
 def data_record(root: Path, name: str) -> Path:

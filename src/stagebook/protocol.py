@@ -36,6 +36,12 @@ class Staging:
     def series(self) -> Path: return self.dir / "series.json"  # curves, one value per step
 
     @property
+    def model(self) -> Path: return self.dir / "model.json"  # the model the run produced or used: sha256, role
+
+    @property
+    def ended(self) -> Path: return self.dir / "ended.txt"  # why the notebook ended early, successfully
+
+    @property
     def children(self) -> Path: return self.dir / "children"  # nested runs, one folder each
 
     @property

@@ -43,10 +43,17 @@ def lineage_block(ctx: dict) -> str:
     lin = ctx["lineage"]
     rows = [("Stage", ctx["stage"]), ("Code commit", lin["code_commit"][:12] + (" (uncommitted changes)" if lin["code_dirty"] else "")),
             ("Data version", lin["data_version"]), ("Params hash", lin["params_hash"]),
-            ("Model sha256", lin["model_sha256"][:16]), ("stagebook", lin["stagebook_version"]),
+            ("Model sha256", _model_text(lin)), ("stagebook", lin["stagebook_version"]),
             ("Template", lin.get("template_version", "unknown")), ("Device", _device_text(lin)), ("Run at", ctx["created"])]
     body = "\n".join(rf"{tex(k)} & \texttt{{{tex(v)}}} \\" for k, v in rows)
     return "\\begin{tabular}{ll}\n\\toprule\n" + body + "\n\\bottomrule\n\\end{tabular}"
+
+
+def _model_text(lin: dict) -> str:
+    "`3f2a... (produced)`, or why there is none."
+    if lin.get("model_sha256", "none") == "none":
+        return "none (this stage neither trains nor loads a model)"
+    return lin["model_sha256"][:16] + (f" ({lin['model_role']})" if lin.get("model_role") else "")
 
 
 def _device_text(lin: dict) -> str:

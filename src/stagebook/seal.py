@@ -6,13 +6,16 @@
 - The ledger (`data/test_ledger.jsonl`) appends one line per seal, read, result and reuse; each line carries the
   hash of the line before, so an edited or deleted line breaks the chain and `stagebook ledger` says where.
 - A model already evaluated on this seal gets its recorded predictions back instead of a second read.
+- Reads are counted per seal: at most `test_reads_per_seal` distinct models (the project page; default 5), after
+  which a read is refused until new test data is sealed. Every refusal is logged too.
+
+A data module: it never asks the notebook runtime who is reading; the caller says so (`reader`, `commit`).
 """
 from __future__ import annotations
 
 import hashlib
 import io
 import json
-import os
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -21,10 +24,11 @@ import pandas as pd
 from .errors import StagebookError
 from .iorw import atomic_write_text
 from .lineage import file_sha256
-from .project import data_record, find_root, settings
-from .protocol import STAGE_VAR
+from .project import data_record, settings
+from .split import load_splits
 
 GENESIS = "0" * 64
+DEFAULT_READS_PER_SEAL = 5
 
 
 def seal_path(root: Path) -> Path:
@@ -48,13 +52,13 @@ def test_rows(splits: pd.DataFrame) -> pd.DataFrame:
     return splits[(splits.split == "test") & (splits.status == "ok")]
 
 
-def write_seal(root: Path, splits: pd.DataFrame, reason: str = "sealed") -> dict:
+def write_seal(root: Path, splits: pd.DataFrame, reason: str = "sealed", stage: str = "", commit: str = "") -> dict:
     "Seal the usable test rows of `splits`: per-item content hash and label, and one hash over the list."
     rows = test_rows(splits)
     items = {p: {"sha256": s, "label": str(lbl)} for p, s, lbl in zip(rows.path, rows.sha256, rows.label)}
     seal = {"sealed_at": _now(), "count": len(items), "list_hash": _list_hash(items), "items": items}
     atomic_write_text(seal_path(root), json.dumps(seal, indent=1, sort_keys=True) + "\n")
-    Ledger(root).append("seal", detail={"reason": reason, "count": len(items), "list_hash": seal["list_hash"]})
+    Ledger(root, stage, commit).append("seal", detail={"reason": reason, "count": len(items), "list_hash": seal["list_hash"]})
     return seal
 
 
@@ -96,10 +100,11 @@ def _now() -> str:
 
 
 class Ledger:
-    "Append-only, hash-chained log of everything done with the test set."
+    "Append-only, hash-chained log of everything done with the test set, by whom (`stage`) and at which commit."
 
-    def __init__(self, root: Path):
+    def __init__(self, root: Path, stage: str = "", commit: str = ""):
         self.path = ledger_path(root)
+        self.stage, self.commit = stage, commit
 
     def entries(self) -> list[dict]:
         if not self.path.is_file():
@@ -107,12 +112,9 @@ class Ledger:
         return [json.loads(line) for line in self.path.read_text().splitlines() if line.strip()]
 
     def append(self, event: str, detail: dict, model_sha256: str = "") -> dict:
-        from . import lineage
-
-        lin = lineage.current()
         entries = self.entries()
-        entry = {"seq": len(entries) + 1, "time": _now(), "event": event, "stage": os.environ.get(STAGE_VAR, ""),
-                 "commit": lin.get("code_commit", ""), "model_sha256": model_sha256, "detail": detail,
+        entry = {"seq": len(entries) + 1, "time": _now(), "event": event, "stage": self.stage,
+                 "commit": self.commit, "model_sha256": model_sha256, "detail": detail,
                  "prev": entries[-1]["hash"] if entries else GENESIS}
         entry["hash"] = _entry_hash(entry)
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -139,52 +141,90 @@ def _entry_hash(entry: dict) -> str:
     return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
 
 
-class SealedTestSet:
-    "The test split as stage 06 may use it: verified against the seal, read at most once per model."
+def reads_per_seal(root: Path) -> int:
+    "The project page's `test_reads_per_seal` (distinct models evaluated per seal), default 5."
+    from .project_page import front_matter
+    page = root / "project_page.md"
+    value = front_matter(page).get("test_reads_per_seal", DEFAULT_READS_PER_SEAL) if page.is_file() else DEFAULT_READS_PER_SEAL
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        raise StagebookError(f"{page}: 'test_reads_per_seal' must be a whole number of at least 1, got {value!r}.")
+    return value
 
-    def __init__(self, root: Path | None = None):
-        self.root = (root or find_root()).resolve()
-        self.ledger = Ledger(self.root)
+
+class SealedTestSet:
+    """The test split as the sealed stage may use it: verified against the seal, read at most once per model and by
+    at most `budget` models per seal. `reader` is the stage asking (empty for a person at a notebook)."""
+
+    def __init__(self, root: Path, reader: str = "", commit: str = "", budget: int | None = None):
+        self.root = Path(root).resolve()
+        self.reader = reader
+        self.ledger = Ledger(self.root, reader, commit)
+        self.budget = reads_per_seal(self.root) if budget is None else budget
         self._verified: dict | None = None  # hashing every test file once per run is enough
 
-    def _guard(self) -> None:
-        from .stage import context
-        sealed_stage = settings(self.root)["sealed_test_stage"]
-        if context().name != sealed_stage:
-            raise StagebookError(f"the test split is sealed: only stage {sealed_stage}, run by `stagebook run`, may read"
-                                 " it, once per model, and every read is logged; measure progress on 'valid'.")
+    def refuse(self, why: str, model_sha256: str = "", **detail) -> None:
+        "Log a refused attempt in the ledger, then stop with `why`."
+        self.ledger.append("refused", {"why": why, "reader": self.reader or "interactive", **detail}, model_sha256)
+        raise StagebookError(why)
 
-    def verify(self, splits: pd.DataFrame) -> dict:
-        "The seal, after checking every sealed item against its file; raises listing what changed."
+    def _guard(self, model_sha256: str = "") -> None:
+        sealed_stage = settings(self.root)["sealed_test_stage"]
+        if self.reader != sealed_stage:
+            self.refuse(f"the test split is sealed: only stage {sealed_stage}, run by `stagebook run`, may read it,"
+                        " once per submitted model, and every read is logged; measure progress on 'valid'.",
+                        model_sha256)
+
+    def verify(self, splits: pd.DataFrame | None = None) -> dict:
+        "The seal, after checking every sealed item against its file; raises (logged) listing what changed."
         if self._verified is not None:
             return self._verified
         seal = read_seal(self.root)
         if seal is None:
             raise StagebookError(f"{seal_path(self.root)}: no seal; run stage 01 (which seals a new split) or `stagebook seal`.")
+        splits = load_splits(self.root, usable_only=False) if splits is None else splits
         diff = differences(self.root, seal, splits)
         if any(diff.values()):
             parts = [f"{kind} {len(paths)}: {', '.join(paths[:5])}{' ...' if len(paths) > 5 else ''}"
                      for kind, paths in diff.items() if paths]
-            raise StagebookError(f"{seal_path(self.root)}: the test set no longer matches its seal ({'; '.join(parts)});"
-                                 " restore the data, or accept the new test set with `stagebook seal` (logged).")
+            self.refuse(f"{seal_path(self.root)}: the test set no longer matches its seal ({'; '.join(parts)});"
+                        " restore the data, or accept the new test set with `stagebook seal` (logged).",
+                        **{kind: len(paths) for kind, paths in diff.items()})
         self._verified = seal
         return seal
 
-    def read(self, model_sha256: str) -> pd.DataFrame:
-        "The usable test items, for `model_sha256`; verified against the seal and logged."
-        self._guard()
-        from .data import load_splits
-        splits = load_splits(self.root, usable_only=False)
+    def models_read(self, list_hash: str) -> list[str]:
+        "The distinct models that read the test items under this seal, in the order they first did."
+        seen: list[str] = []
+        for entry in self.ledger.entries():
+            if entry.get("event") == "read" and entry.get("detail", {}).get("list_hash") == list_hash \
+                    and entry.get("model_sha256") not in seen:
+                seen.append(entry["model_sha256"])
+        return seen
+
+    def standing(self, model_sha256: str) -> tuple[int, int]:
+        "(k, n): this model is the k-th evaluated on the current seal, of at most n (k = 0: not evaluated yet)."
+        read = self.models_read(self.verify()["list_hash"])
+        return (read.index(model_sha256) + 1 if model_sha256 in read else 0), self.budget
+
+    def read(self, model_sha256: str, splits: pd.DataFrame | None = None) -> pd.DataFrame:
+        "The usable test items, for `model_sha256`; verified against the seal, within the budget, and logged."
+        self._guard(model_sha256)
+        splits = load_splits(self.root, usable_only=False) if splits is None else splits
         seal = self.verify(splits)
+        read = self.models_read(seal["list_hash"])
+        if model_sha256 not in read and len(read) >= self.budget:
+            self.refuse(f"the read budget of this seal is spent: {len(read)} models were evaluated on seal"
+                        f" {seal['list_hash'][:16]} (test_reads_per_seal: {self.budget} in project_page.md); seal new"
+                        " test data (`stagebook seal`) before evaluating another model.", model_sha256,
+                        list_hash=seal["list_hash"])
         rows = test_rows(splits).reset_index(drop=True)
         self.ledger.append("read", {"items": len(rows), "list_hash": seal["list_hash"]}, model_sha256)
         return rows
 
     def recorded_predictions(self, model_sha256: str) -> pd.DataFrame | None:
         "Predictions this model already made on this seal (checked against their recorded hash), or None."
-        self._guard()
-        from .data import load_splits
-        seal = self.verify(load_splits(self.root, usable_only=False))
+        self._guard(model_sha256)
+        seal = self.verify()
         for entry in reversed(self.ledger.entries()):
             detail = entry.get("detail", {})
             if entry["event"] == "result" and entry["model_sha256"] == model_sha256 and detail.get("list_hash") == seal["list_hash"]:
@@ -197,7 +237,7 @@ class SealedTestSet:
 
     def record_predictions(self, model_sha256: str, predictions: pd.DataFrame, metrics: dict) -> Path:
         "Keep this model's test predictions and log the result, so the same model never reads the test set again."
-        self._guard()
+        self._guard(model_sha256)
         seal = read_seal(self.root)
         folder = results_dir(self.root)
         file = folder / f"{model_sha256[:16]}.csv"

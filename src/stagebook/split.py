@@ -20,6 +20,7 @@ import numpy as np
 import pandas as pd
 
 from .errors import StagebookError
+from .project import find_root, settings
 
 SPLITS = ("train", "valid", "test")
 PROTECTION = {"train": 0, "valid": 1, "test": 2}  # = SPLITS order: a larger index is the more protected split
@@ -170,3 +171,13 @@ def check_policy(policy_file: Path, proportions: dict, seed: int, allow_change: 
                              " existing split used the old ones; set allow_split_change: true to apply the new ones to"
                              " new items only (no placed item ever moves), or restore the old values.")
     return True
+
+
+def load_splits(root: Path | None = None, usable_only: bool = True) -> pd.DataFrame:
+    "The split manifest as text columns: usable rows only, or every row (quarantined and missing ones too)."
+    root = root or find_root()
+    path = root / settings(root)["splits_file"]
+    if not path.is_file():
+        raise StagebookError(f"{path}: no split manifest yet; run stage 01 first (`stagebook run 01`).")
+    table = pd.read_csv(path, dtype=str, keep_default_na=False)
+    return table[table.status == "ok"] if usable_only else table

@@ -118,6 +118,35 @@ def log_headline(**numbers) -> dict:
     return _merge_json(context().staging.headline, numbers)
 
 
+def log_model(path: str | Path, role: str = "produced") -> str:
+    """Name the model this run `produced` (trained and saved) or `used` (loaded to predict); returns its sha256.
+
+    The hash goes in the run's lineage (MLflow tags, `lineage/NN.json`, the PDF), which is how `stagebook submit`
+    and the sealed stage trace a model back to the run that made it. Give the path where the file was written
+    (`stage.output_path(...)` for a model this stage produces)."""
+    from .lineage import file_sha256
+    if role not in ("produced", "used"):
+        raise ValueError(f"log_model(role={role!r}): use 'produced' or 'used'")
+    sha = file_sha256(Path(path))
+    record = context().staging.model
+    record.parent.mkdir(parents=True, exist_ok=True)
+    record.write_text(json.dumps({"sha256": sha, "role": role}))
+    return sha
+
+
+class StageEnded(Exception):
+    "Raised by `stage.end`: the runner counts the run a success and keeps what the notebook recorded so far."
+
+
+def end(reason: str) -> None:
+    """End the stage here, successfully, because the rest does not apply (e.g. no model submitted for the sealed
+    test). The runner renders the report with `reason` and promotes the outputs; later cells do not run."""
+    staging = context().staging
+    staging.ended.parent.mkdir(parents=True, exist_ok=True)
+    staging.ended.write_text(reason)
+    raise StageEnded(reason)
+
+
 def log_metric(key: str, value) -> None:
     log_metrics({key: value})
 

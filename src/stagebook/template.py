@@ -111,6 +111,8 @@ def customise(dest: Path, answers: Answers) -> None:
     page.write_text(re.sub(r"^project: .*$", f"project: {answers.project_title}", page.read_text(encoding="utf-8"),
                            count=1, flags=re.M), encoding="utf-8")
     set_repo_url(dest, answers.repo_url)
+    from .submission import write_placeholder
+    write_placeholder(dest)  # the sealed stage's DVC dependency: nothing submitted yet
     if answers.example == "none":
         _remove_example(dest)
 

@@ -58,7 +58,7 @@ class Tracker:
         return self.run_id
 
     def finish(self, status: str, metrics: dict | None = None, files: list[Path] = (), folders: list[Path] = (),
-               run_dir: Path | None = None, parent_run_id: str | None = None) -> None:
+               run_dir: Path | None = None, parent_run_id: str | None = None, tags: dict | None = None) -> None:
         """Log metrics, curves, nested child runs and artifacts, then close the run with `status`.
 
         `run_dir` is the stage's staging folder: its `series.json` (curves) and `children/` (nested runs written by
@@ -70,7 +70,7 @@ class Tracker:
         children = sorted(str(p) for p in staging.children.iterdir()) if staging and staging.children.is_dir() else []
         self._send({"op": "finish", "status": status, "metrics": metrics or {},
                     "series": json.loads(series.read_text()) if series and series.is_file() else {},
-                    "children": children, "parent_run_id": parent_run_id,
+                    "children": children, "parent_run_id": parent_run_id, "tags": tags or {},
                     "files": [str(p) for p in files if p.is_file()],
                     "folders": [str(p) for p in folders if p.is_dir() and any(p.iterdir())]})
         self._reply()
@@ -241,6 +241,9 @@ class _ChildWatcher:
 def _finish(client, run_id: str, request: dict, watcher: _ChildWatcher | None = None) -> None:
     if request.get("parent_run_id"):
         client.set_tag(run_id, "mlflow.parentRunId", request["parent_run_id"])
+    if request.get("tags"):  # lineage as the run left it (the model it produced or used), replacing the start's
+        from mlflow.entities import RunTag
+        client.log_batch(run_id, tags=[RunTag(k, str(v)) for k, v in sorted(request["tags"].items())])
     _log_batches(client, run_id, _metric_batch(request["metrics"], request.get("series", {})))
     watcher = watcher or _ChildWatcher(client, run_id, None)
     watcher.close()
