@@ -56,6 +56,7 @@ def test_tables_escape_text_and_format_floats():
     out = table(pd.DataFrame({"class": ["a_b", "50%"], "f1": [0.5, 1.0]}))
     assert r"a\_b" in out and r"50\%" in out and "0.500" in out and r"\toprule" in out
     assert tex("x&y#") == r"x\&y\#"
+    assert tex("stagebook submit --by NAME") == "stagebook submit -{}-by NAME"  # an option, not an en dash
 
 
 def test_print_width_widens_a_figure_until_its_text_prints_at_7_pt(tmp_path: Path):

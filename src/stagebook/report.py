@@ -26,8 +26,8 @@ _TEX_SPECIALS = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", 
 
 
 def tex(value) -> str:
-    "Text made safe for LaTeX."
-    return "".join(_TEX_SPECIALS.get(ch, ch) for ch in str(value))
+    "Text made safe for LaTeX: specials escaped, and `--` kept as two hyphens (a command's option, not a dash)."
+    return "".join(_TEX_SPECIALS.get(ch, ch) for ch in str(value)).replace("--", "-{}-")
 
 
 def report_context() -> dict:
@@ -97,11 +97,13 @@ PREAMBLE = r"""\documentclass[11pt,a4paper]{article}
 \usepackage{xcolor}
 \usepackage{fancyvrb}
 \usepackage[hidelinks]{hyperref}
-% A heading never ends a page: it needs room for a few lines after it (needspace's definition, inlined, since
-% Debian's texlive-latex-recommended does not ship needspace).
+% A heading never ends a page: when less than a few lines' room is left below it, the page ends before it. This
+% measures the room left (needspace's \Needspace, inlined: Debian's texlive-latex-recommended lacks needspace).
+% needspace's default form offers stretchable glue instead, which made TeX end pages early, before a section whose
+% text and table would have fit, whenever a tall figure followed.
 \makeatletter
-\newcommand{\needspace}[1]{\begingroup\setlength{\dimen@}{#1}\vskip\z@\@plus\dimen@\penalty 0\vskip\z@\@plus -\dimen@
-  \vskip\dimen@\penalty 9999\vskip -\dimen@\vskip\z@skip\endgroup}
+\newcommand{\needspace}[1]{\par\begingroup\setlength{\dimen@}{#1}\dimen@ii\pagegoal\advance\dimen@ii-\pagetotal
+  \ifdim\dimen@>\dimen@ii\ifdim\dimen@ii>\z@\vfil\fi\break\fi\endgroup}
 \let\sb@section\section\renewcommand{\section}{\needspace{10\baselineskip}\sb@section}
 \let\sb@subsection\subsection\renewcommand{\subsection}{\needspace{8\baselineskip}\sb@subsection}
 \makeatother
