@@ -130,6 +130,7 @@ def evaluated(pipeline: Path, tmp_path_factory) -> Path:
         refused = _stagebook(root, "submit", "--by", "e2e", "--reason", "too early")
         assert refused.returncode == 1 and "does not beat the stage-02 bar 1.0000" in refused.stderr, refused.stderr
         _set_params(root, "02_baseline", models=["majority_class", "class_prior"])
+        _set_params(root, "04_tuning", phases=["sanity", "one_batch", "regularise"])  # quicker: no finder, no search
         git(root, "commit", "-qam", "input-independent baselines only")
         _dvc_repro(root)
         submitted = _stagebook(root, "submit", "--by", "e2e", "--reason", "beats the bar")
@@ -173,7 +174,7 @@ def test_a_submitted_model_is_evaluated_once_and_its_identity_chains_back_to_sta
 def test_rerunning_the_sealed_stage_reuses_the_result_and_dvc_exp_run_never_reads(evaluated_copy: Path):
     root = evaluated_copy
     ledger = (root / "data/test_ledger.jsonl").read_bytes()
-    done = subprocess.run(["dvc", "exp", "run", "-S", "params/04_tuning.yaml:epochs=3"], cwd=root,
+    done = subprocess.run(["dvc", "exp", "run", "-S", "params/04_tuning.yaml:epochs=3"], cwd=root,  # a new model
                           capture_output=True, text=True)
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
     assert "06_sealed_test" not in done.stdout.replace("'06_sealed_test' didn't change", "")
@@ -321,14 +322,14 @@ def test_second_repro_runs_nothing(pipeline: Path):
     assert len(_runs(pipeline)) == before
 
 
-def test_dvc_metrics_show_and_stagebook_exps_fit_a_120_column_terminal(pipeline: Path):
-    shown = subprocess.run(["dvc", "metrics", "show"], cwd=pipeline, capture_output=True, text=True,
+def test_dvc_metrics_show_and_stagebook_exps_fit_a_120_column_terminal(evaluated: Path):
+    shown = subprocess.run(["dvc", "metrics", "show"], cwd=evaluated, capture_output=True, text=True,
                            env={**os.environ, "COLUMNS": "120"})
     lines = shown.stdout.splitlines()
     assert shown.returncode == 0 and len(lines) == 8, shown.stdout + shown.stderr  # a header and one row per stage
     assert max(map(len, lines)) <= 120 and "…" not in shown.stdout, shown.stdout
     assert {"items", "leakage", "valid_acc", "test_acc", "ci_low", "ci_high"} <= set(lines[0].split())
-    exps = _stagebook(pipeline, "exps", "--width", "120")
+    exps = _stagebook(evaluated, "exps", "--width", "120")
     assert exps.returncode == 0 and "04:valid_acc" in exps.stdout and "06:test_acc" in exps.stdout, exps.stderr
     assert max(map(len, exps.stdout.splitlines())) <= 120
 
