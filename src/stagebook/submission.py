@@ -106,7 +106,8 @@ def submit(root: Path, model: str = "models/model.pth", by: str = "", reason: st
         raise StagebookError(f"{model} (sha256 {sha[:16]}) is not a model any stage recorded producing; run the stage"
                              " that trains it (`dvc repro`) so its lineage and validation numbers exist.")
     check = validation_record(root, stage)
-    ledger = Ledger(root, stage="submit")
+    from .lineage import code_state
+    ledger = Ledger(root, stage="submit", commit=code_state(root)[0])
     detail = {"model": model, "stage": stage, "by": by, "reason": reason, **check}
     if not check["beats_bar"]:
         ledger.append("refused", {**detail, "why": "did not beat the stage-02 bar on validation"}, sha)
