@@ -143,3 +143,11 @@ def test_the_read_budget_counts_distinct_models_per_seal_and_refuses_the_next(se
     splits.to_csv(sealed / "data" / "splits.csv", index=False)
     write_seal(sealed, splits, reason="one more test item")
     assert len(SealedTestSet(sealed, reader=SEALED, budget=2).read("c" * 64)) == read_seal(sealed)["count"]
+
+
+@pytest.mark.parametrize("value", ["abc", 0, 2.5, True])
+def test_a_bad_read_budget_in_the_project_page_is_named(sealed: Path, value):
+    from stagebook.seal import reads_per_seal
+    (sealed / "project_page.md").write_text(f"---\nproject: x\ntest_reads_per_seal: {value}\n---\n")
+    with pytest.raises(StagebookError, match=rf"project_page.md: 'test_reads_per_seal' must be a whole number of at least 1, got {value!r}"):
+        reads_per_seal(sealed)

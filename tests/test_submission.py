@@ -122,3 +122,10 @@ def test_a_submitted_model_whose_bytes_changed_is_refused(sealed_project: Path):
     with pytest.raises(StagebookError, match="its bytes are not the submitted model's"):
         run_stage("06", root=sealed_project, track=False)
     assert _events(sealed_project)[-1] == "refused" and "read" not in _events(sealed_project)
+
+
+def test_an_unreadable_lineage_file_is_named_not_a_traceback(sealed_project: Path):
+    _train(sealed_project, 0.9)
+    (sealed_project / "lineage/04_train.json").write_text("{not json")
+    with pytest.raises(StagebookError, match=r"lineage/04_train.json: not readable JSON"):
+        submit(sealed_project, by="ana", reason="x")

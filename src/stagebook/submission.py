@@ -59,7 +59,11 @@ def read_submission(root: Path) -> dict | None:
 def producing_stage(root: Path, sha256: str) -> str | None:
     "The stage whose recorded lineage says it produced the model with this hash (the latest such run)."
     for lineage_file in sorted((root / "lineage").glob("*.json"), reverse=True):
-        record = json.loads(lineage_file.read_text())
+        try:
+            record = json.loads(lineage_file.read_text())
+        except ValueError:
+            raise StagebookError(f"{lineage_file.relative_to(root)}: not readable JSON; re-run its stage (`dvc repro`)"
+                                 " or restore the file from git.") from None
         if record.get("model_sha256") == sha256 and record.get("model_role") == "produced":
             return record.get("stage") or lineage_file.stem
     return None
