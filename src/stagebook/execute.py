@@ -215,7 +215,8 @@ def _execute(stage: Stage, executed: Path, params: dict, root: Path, log_output:
                             progress_bar=False, log_output=log_output, kernel_name="python3",
                             kernel_manager_class=_local_kernel_manager())
     except PapermillExecutionError as err:
-        if err.ename == "StageEnded" and Staging(executed.parent).ended.is_file():
+        from .stage import StageEnded
+        if err.ename == StageEnded.__name__ and Staging(executed.parent).ended.is_file():
             _tidy_ended(executed, Staging(executed.parent).ended.read_text())
             return  # `stage.end(reason)`: a success that skips the cells that do not apply
         kept = root / "reports" / ".failed" / f"{stage.name}.ipynb"
@@ -230,10 +231,13 @@ def _execute(stage: Stage, executed: Path, params: dict, root: Path, log_output:
 def _tidy_ended(executed: Path, reason: str) -> None:
     "An executed notebook that ended on purpose reads as such: no papermill error banner, no traceback."
     import nbformat
+
+    from .stage import StageEnded
+    ended_name = StageEnded.__name__
     book = nbformat.read(executed, as_version=4)
     book.cells = [c for c in book.cells if "papermill-error-cell-tag" not in c.get("metadata", {}).get("tags", [])]
     for cell in book.cells:
-        if any(o.get("output_type") == "error" and o.get("ename") == "StageEnded" for o in cell.get("outputs", [])):
+        if any(o.get("output_type") == "error" and o.get("ename") == ended_name for o in cell.get("outputs", [])):
             cell.outputs = [o for o in cell.outputs if o.get("output_type") != "error"] + [
                 nbformat.v4.new_output("stream", name="stdout", text=f"stagebook: the stage ends here: {reason}\n")]
     nbformat.write(book, executed)
