@@ -216,8 +216,9 @@ def _execute(stage: Stage, executed: Path, params: dict, root: Path, log_output:
                             kernel_manager_class=_local_kernel_manager())
     except PapermillExecutionError as err:
         from .stage import StageEnded
-        if err.ename == StageEnded.__name__ and Staging(executed.parent).ended.is_file():
-            _tidy_ended(executed, Staging(executed.parent).ended.read_text())
+        ended = Staging(executed.parent).ended
+        if err.ename == StageEnded.__name__ and ended.is_file():
+            _tidy_ended(executed, ended.read_text())
             return  # `stage.end(reason)`: a success that skips the cells that do not apply
         kept = root / "reports" / ".failed" / f"{stage.name}.ipynb"
         cell = _source_cell_number(stage.notebook, err.cell_index)

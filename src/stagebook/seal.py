@@ -159,8 +159,15 @@ class SealedTestSet:
         self.root = Path(root).resolve()
         self.reader = reader
         self.ledger = Ledger(self.root, reader, commit)
-        self.budget = reads_per_seal(self.root) if budget is None else budget
+        self._budget = budget
         self._verified: dict | None = None  # hashing every test file once per run is enough
+
+    @property
+    def budget(self) -> int:
+        "Read from the project page only when a read is counted, so a refusal never depends on the page."
+        if self._budget is None:
+            self._budget = reads_per_seal(self.root)
+        return self._budget
 
     def refuse(self, why: str, model_sha256: str = "", **detail) -> None:
         "Log a refused attempt in the ledger, then stop with `why`."
