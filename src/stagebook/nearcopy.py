@@ -1,0 +1,306 @@
+"""Near copies: which images are shifted, cropped, re-lit, noisy, blurred, re-encoded or resized copies of another.
+
+Every image is described by a grey 32-px thumbnail and its size. Three steps, none of them all-pairs:
+- candidates: an approximate nearest-neighbour index (faiss HNSW) over 8-px normalised thumbnails, probed with the
+  query moved by a pixel each way, so a copy moved by up to an eighth of its side is still a neighbour;
+- verification: each candidate pair is aligned and compared. Alignment searches whole-pixel moves at 16 px, then
+  half pixels at 32 px, and, for a pair whose sizes say one is a crop of the other (both sides 80-100%), places the
+  smaller on the larger's pixel scale. The distance is 1 - Pearson correlation over the overlap, so brightness and
+  contrast do not count, and the 32-px scale forgives noise, blur, re-encoding and resizing;
+- clusters without chaining (`star_clusters`): every member is a verified copy of its cluster's representative.
+"""
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pandas as pd
+from PIL import Image
+
+THUMB = 32                 # side of the stored thumbnail
+HNSW_LINKS = 16            # graph degree of the nearest-neighbour index
+PROBE_SHIFTS = [(dx, dy) for dy in (-4, -2, 0, 2, 4) for dx in (-4, -2, 0, 2, 4)]  # at 32 px: up to 12.5% of the side
+PROBE_NEAREST = 8          # neighbours kept per moved probe
+CANDIDATE_GATE = 0.2       # 1 - correlation at 8 px within which a candidate is kept (8-px images moved a pixel: 0.2)
+MARGIN = 2                 # 32-px pixels at the edges of an overlap left out: a moved copy's filled edge blends there
+COARSE_SHIFT = 2           # whole pixels searched at 16 px (12.5% of the side)
+CROP_RANGE = (0.8, 1.0)    # size ratios at which one image may be a crop of the other
+MIN_OVERLAP = 0.4          # of the larger image's thumbnail, for a correlation to count
+BATCH = 4096               # pairs aligned at once
+
+
+def thumbnail(gray: Image.Image) -> np.ndarray:
+    "The 32×32 float thumbnail that stands for an image (mode L)."
+    return np.asarray(gray.resize((THUMB, THUMB), Image.BILINEAR), dtype=np.float32)
+
+
+def pooled(thumbs: np.ndarray, side: int) -> np.ndarray:
+    "Thumbnails averaged down to `side` pixels."
+    n, f = len(thumbs), THUMB // side
+    return thumbs.reshape(n, side, f, side, f).mean(axis=(2, 4))
+
+
+def _normalise(flat: np.ndarray) -> np.ndarray:
+    "Zero mean, unit norm per row, so brightness and contrast do not matter."
+    flat = flat.reshape(len(flat), -1).astype(np.float32)
+    flat = flat - flat.mean(axis=1, keepdims=True)
+    norm = np.linalg.norm(flat, axis=1, keepdims=True)
+    return flat / np.where(norm > 0, norm, 1)
+
+
+def _moved(thumbs: np.ndarray, dx: int, dy: int) -> np.ndarray:
+    "Thumbnails moved by (dx, dy) pixels, the uncovered edge filled with each one's border median."
+    out = np.empty_like(thumbs)
+    fill = np.median(np.concatenate([thumbs[:, 0, :], thumbs[:, -1, :], thumbs[:, :, 0], thumbs[:, :, -1]], axis=1), axis=1)
+    out[:] = fill[:, None, None]
+    h, w = thumbs.shape[1:]
+    out[:, max(dy, 0):h + min(dy, 0), max(dx, 0):w + min(dx, 0)] = thumbs[:, max(-dy, 0):h + min(-dy, 0), max(-dx, 0):w + min(-dx, 0)]
+    return out
+
+
+def _key(thumbs: np.ndarray) -> np.ndarray:
+    "What the index compares: the inner 6×6 of the 8-px thumbnail (a moved copy differs most at its edges)."
+    return pooled(thumbs, 8)[:, 1:-1, 1:-1]
+
+
+class CandidateIndex:
+    "An HNSW graph over the 8-px normalised thumbnails of a collection; a query returns its likely copies."
+
+    def __init__(self, thumbs: np.ndarray):
+        import faiss
+
+        points = np.ascontiguousarray(_normalise(_key(thumbs)))
+        faiss.omp_set_num_threads(1)  # a graph built by one thread is the same graph every run: reproducible clusters
+        self.index = faiss.IndexHNSWFlat(points.shape[1], HNSW_LINKS)
+        self.index.add(points)
+        faiss.omp_set_num_threads(os.cpu_count() or 1)  # searching a fixed graph is deterministic in any thread count
+
+    def search(self, thumbs: np.ndarray, k: int, within: float = CANDIDATE_GATE) -> np.ndarray:
+        """Rows (query, item, dx, dy, distance): the item is among the k nearest of the query (PROBE_NEAREST of each
+        moved probe) within 1 - correlation `within` at 8 px; the item looks like the query moved by (dx, dy) 32-px
+        pixels. A pair found by several probes keeps the closest."""
+        if not len(self) or not len(thumbs):
+            return np.empty((0, 5))
+        self.index.hnsw.efSearch = max(64, 4 * k)
+        found = []
+        for dx, dy in PROBE_SHIFTS:  # moved at 32 px, then pooled: half-pixel steps at 8 px
+            probe = np.ascontiguousarray(_normalise(_key(_moved(thumbs, dx, dy) if (dx, dy) != (0, 0) else thumbs)))
+            nearest_k = min(k if (dx, dy) == (0, 0) else PROBE_NEAREST, len(self))
+            squared, nearest = self.index.search(probe, nearest_k)
+            close = (nearest.ravel() >= 0) & (squared.ravel() / 2 <= within)  # unit vectors: |a - b|^2 = 2 (1 - corr)
+            rows = np.repeat(np.arange(len(thumbs)), nearest_k)[close]
+            found.append(np.stack([rows, nearest.ravel()[close], np.full(len(rows), dx), np.full(len(rows), dy),
+                                   squared.ravel()[close] / 2], axis=1))
+        rows = np.concatenate(found)
+        if not len(rows):
+            return rows
+        rows = rows[np.lexsort((rows[:, 4], rows[:, 1], rows[:, 0]))]
+        rows = rows[np.r_[True, (np.diff(rows[:, 0]) != 0) | (np.diff(rows[:, 1]) != 0)]]
+        rows = rows[np.lexsort((rows[:, 4], rows[:, 0]))]  # per query, closest first; keep the k + PROBE_NEAREST best
+        start = np.searchsorted(rows[:, 0], rows[:, 0], side="left")
+        return rows[np.arange(len(rows)) - start < k + PROBE_NEAREST]
+
+    def __len__(self) -> int:
+        return self.index.ntotal
+
+
+def _correlation(a, b, inside):
+    "1 - Pearson correlation of a and b over the `inside` weights (batched torch tensors); two flat images agree."
+    import torch
+
+    n = inside.sum(dim=(1, 2)).clamp_min(1e-6)
+    ma = (a * inside).sum(dim=(1, 2)) / n
+    mb = (b * inside).sum(dim=(1, 2)) / n
+    da, db = (a - ma[:, None, None]) * inside, (b - mb[:, None, None]) * inside
+    va, vb = (da * da).sum(dim=(1, 2)), (db * db).sum(dim=(1, 2))
+    cov = (da * db).sum(dim=(1, 2))
+    flat_a, flat_b = va <= 1e-3 * n, vb <= 1e-3 * n
+    corr = torch.where(flat_a | flat_b, (flat_a & flat_b).float(), cov / torch.sqrt(va * vb).clamp_min(1e-12))
+    enough = n >= MIN_OVERLAP * a.shape[-1] * a.shape[-2]
+    return torch.where(enough, 1 - corr, torch.full_like(corr, 2.0))
+
+
+def _best_alignment(a, b, scale, centre, steps):
+    """Smallest distance of b placed in a's frame over the offsets `centre` + each of `steps` (a's pixels).
+    a, b: (N, S, S); scale: (N, 2) size of b's pixels in a's; centre: (N, 2). Returns (distance, offset)."""
+    import torch
+    import torch.nn.functional as F
+
+    count, side = a.shape[0], a.shape[-1]
+    c = (side - 1) / 2
+    axis = torch.arange(side, dtype=torch.float32)
+    best = torch.full((count,), 3.0)
+    where = centre.clone()
+    for step in steps:
+        offset = centre + torch.tensor(step, dtype=torch.float32)
+        gx = ((axis[None, :] - c - offset[:, :1]) / scale[:, :1] + c) / (side - 1) * 2 - 1
+        gy = ((axis[None, :] - c - offset[:, 1:]) / scale[:, 1:] + c) / (side - 1) * 2 - 1
+        grid = torch.stack([gx[:, None, :].expand(count, side, side), gy[:, :, None].expand(count, side, side)], dim=-1)
+        placed = F.grid_sample(b[:, None], grid, mode="bilinear", padding_mode="zeros", align_corners=True)[:, 0]
+        inside = (_eroded(gx.abs() <= 1)[:, None, :] & _eroded(gy.abs() <= 1)[:, :, None]).float()
+        dist = _correlation(a, placed, inside)
+        better = dist < best
+        best = torch.where(better, dist, best)
+        where = torch.where(better[:, None], offset, where)
+    return best, where
+
+
+def _eroded(inside):
+    "An overlap (N, side) of booleans less MARGIN pixels (at 32 px; in proportion at other sides) at each end."
+    import torch
+
+    margin = max(1, MARGIN * inside.shape[1] // THUMB)
+    padded = torch.nn.functional.pad(inside, (1, 1), value=False)
+    for _ in range(margin):
+        padded[:, 1:-1] = padded[:, 1:-1] & padded[:, :-2] & padded[:, 2:]
+    return padded[:, 1:-1]
+
+
+def _grid(reach: float, step: float) -> list[tuple[float, float]]:
+    values = np.arange(-reach, reach + 1e-9, step)
+    return [(float(x), float(y)) for y in values for x in values]
+
+
+def _whole_pixel_search(a, b, centre: np.ndarray, reach: int):
+    """Same-frame pairs: the best whole-pixel offset of b (a ≈ b moved by it) within `reach` of `centre`, and its
+    1 - correlation over the overlap; by slicing, one group of pairs with the same centre at a time (torch tensors)."""
+    import torch
+
+    best = torch.full((len(a),), 3.0)
+    where = torch.zeros(len(a), 2)
+    h, w = a.shape[1:]
+    groups, inverse = np.unique(centre.astype(np.int64), axis=0, return_inverse=True)
+    for g, (cx, cy) in enumerate(groups.tolist()):
+        rows = torch.from_numpy(np.flatnonzero(inverse.ravel() == g))
+        ga, gb = a[rows], b[rows]
+        for dy in range(cy - reach, cy + reach + 1):
+            for dx in range(cx - reach, cx + reach + 1):
+                if abs(dx) >= w // 2 or abs(dy) >= h // 2:
+                    continue
+                m = MARGIN
+                wa = ga[:, max(dy, 0) + m:h + min(dy, 0) - m, max(dx, 0) + m:w + min(dx, 0) - m].reshape(len(rows), -1)
+                wb = gb[:, max(-dy, 0) + m:h + min(-dy, 0) - m, max(-dx, 0) + m:w + min(-dx, 0) - m].reshape(len(rows), -1)
+                wa = wa - wa.mean(dim=1, keepdim=True)
+                wb = wb - wb.mean(dim=1, keepdim=True)
+                va, vb = (wa * wa).sum(dim=1), (wb * wb).sum(dim=1)
+                flat_a, flat_b = va <= 1e-3 * wa.shape[1], vb <= 1e-3 * wa.shape[1]
+                corr = torch.where(flat_a | flat_b, (flat_a & flat_b).float(),
+                                   (wa * wb).sum(dim=1) / torch.sqrt((va * vb).clamp_min(1e-12)))
+                dist = 1 - corr
+                better = dist < best[rows]
+                best[rows] = torch.where(better, dist, best[rows])
+                where[rows[better]] = torch.tensor([float(dx), float(dy)])
+    return best, where
+
+
+def _align_pairs(a32: np.ndarray, b32: np.ndarray, scale: np.ndarray, gate: float, hint: np.ndarray | None) -> np.ndarray:
+    """Distance of each pair: a whole-pixel search at 32 px (around `hint`, the offset the candidate search saw, or
+    widely without one), then, for pairs within `gate`, a half-pixel one around the best."""
+    import torch
+
+    a, b = torch.from_numpy(a32), torch.from_numpy(b32)
+    if (scale == 1).all():
+        centre = np.zeros((len(a32), 2)) if hint is None else hint
+        rough, coarse = _whole_pixel_search(a, b, centre, 4 if hint is None else 1)
+    else:  # a crop: the smaller image may sit anywhere in the room the crop left; search at 16 px, then at 32
+        reach = COARSE_SHIFT + int(np.ceil((1 - scale.min()) * 8))
+        ratio = torch.from_numpy(scale.astype(np.float32))
+        _, at16 = _best_alignment(torch.from_numpy(pooled(a32, 16)), torch.from_numpy(pooled(b32, 16)), ratio,
+                                  torch.zeros(len(a32), 2), _grid(reach, 1.0))
+        rough, coarse = _best_alignment(a, b, ratio, 2 * at16, _grid(1.0, 1.0))
+    dist = rough.clone()
+    near = torch.nonzero(rough <= gate).flatten()  # only pairs that may be copies are worth the finer search
+    if len(near):
+        ratio = torch.from_numpy(scale[near.numpy()].astype(np.float32))
+        dist[near], _ = _best_alignment(a[near], b[near], ratio, coarse[near], _grid(0.5, 0.5))
+        dist[near] = torch.minimum(dist[near], rough[near])
+    return dist.numpy()
+
+
+def _smoothed(thumbs: np.ndarray) -> np.ndarray:
+    "A [1, 2, 1] / 4 blur each way: pixel noise counts a third as much; structure wider than 2 px stays."
+    out = thumbs.copy()
+    out[:, 1:-1, :] = (thumbs[:, :-2, :] + 2 * thumbs[:, 1:-1, :] + thumbs[:, 2:, :]) / 4
+    tmp = out.copy()
+    out[:, :, 1:-1] = (tmp[:, :, :-2] + 2 * tmp[:, :, 1:-1] + tmp[:, :, 2:]) / 4
+    return out
+
+
+def pair_distances(thumbs_a: np.ndarray, sizes_a: np.ndarray, thumbs_b: np.ndarray, sizes_b: np.ndarray,
+                   gate: float = 1.0, hint: np.ndarray | None = None) -> np.ndarray:
+    """Verified distance of each pair (row k of a with row k of b): the better of 'the same frame' (resized, moved,
+    re-lit, noisy, blurred, re-encoded) and, where the sizes allow, 'the smaller is a crop of the larger'. Pairs
+    further apart than `gate` after the whole-pixel search keep that rough distance (they are no copies anyway).
+    `hint`: per pair, the 32-px offset by which a looks like b moved, as the candidate search saw it."""
+    import torch
+
+    out = np.empty(len(thumbs_a), dtype=np.float32)
+    with torch.inference_mode():
+        torch.set_num_threads(os.cpu_count() or 1)
+        for start in range(0, len(thumbs_a), BATCH):
+            part = slice(start, start + BATCH)
+            a, b = thumbs_a[part], thumbs_b[part]
+            size_a, size_b = sizes_a[part].astype(np.float64), sizes_b[part].astype(np.float64)
+            a, b = _smoothed(a), _smoothed(b)
+            dist = _align_pairs(a, b, np.ones((len(a), 2)), gate, None if hint is None else hint[part])
+            swap = (size_b[:, 0] * size_b[:, 1]) > (size_a[:, 0] * size_a[:, 1])  # the larger image gives the frame
+            big, small = np.where(swap[:, None], size_b, size_a), np.where(swap[:, None], size_a, size_b)
+            ratio = small / np.maximum(big, 1)
+            crop = (ratio >= CROP_RANGE[0]).all(axis=1) & (ratio < CROP_RANGE[1]).any(axis=1) & (ratio <= 1).all(axis=1)
+            if crop.any():
+                rows = np.flatnonzero(crop)
+                frame = np.where(swap[rows, None, None], b[rows], a[rows])
+                inner = np.where(swap[rows, None, None], a[rows], b[rows])
+                dist[rows] = np.minimum(dist[rows], _align_pairs(frame, inner, ratio[rows], gate, None))
+            out[part] = dist
+    return out
+
+
+def near_pairs(thumbs: np.ndarray, sizes: np.ndarray, threshold: float, neighbours: int = 8,
+               index: CandidateIndex | None = None) -> pd.DataFrame:
+    "Verified near-copy pairs (i < j, distance <= threshold) within one collection."
+    if len(thumbs) < 2:
+        return pd.DataFrame({"i": np.empty(0, np.int64), "j": np.empty(0, np.int64), "distance": np.empty(0, np.float32)})
+    index = index or CandidateIndex(thumbs)
+    found = index.search(thumbs, neighbours + 1)
+    found = found[found[:, 0] != found[:, 1]]
+    if not len(found):
+        return pd.DataFrame({"i": np.empty(0, np.int64), "j": np.empty(0, np.int64), "distance": np.empty(0, np.float32)})
+    query, item = found[:, 0].astype(np.int64), found[:, 1].astype(np.int64)
+    i, j = np.minimum(query, item), np.maximum(query, item)
+    hint = found[:, 2:4] * np.where(item == i, 1, -1)[:, None]  # the item looks like the query moved by (dx, dy)
+    order = np.lexsort((found[:, 4], j, i))
+    keep = order[np.r_[True, (np.diff(i[order]) != 0) | (np.diff(j[order]) != 0)]]
+    i, j, hint = i[keep], j[keep], hint[keep]
+    dist = pair_distances(thumbs[i], sizes[i], thumbs[j], sizes[j], gate=coarse_gate(threshold), hint=hint)
+    ok = dist <= threshold
+    return pd.DataFrame({"i": i[ok], "j": j[ok], "distance": dist[ok]})
+
+
+def coarse_gate(threshold: float) -> float:
+    "How far after the whole-pixel search at 32 px a pair may lie and still be aligned finer."
+    return max(0.03, 4 * threshold)
+
+
+def star_clusters(n: int, pairs: pd.DataFrame, keys: np.ndarray) -> np.ndarray:
+    """A cluster number per item, with no chaining: the item with the most verified copies (ties: smallest key) is a
+    representative and takes its still-free copies; repeat. Every member is a verified copy of its representative."""
+    cluster = np.arange(n)
+    if not len(pairs):
+        return cluster
+    i, j = pairs.i.to_numpy(dtype=np.int64), pairs.j.to_numpy(dtype=np.int64)
+    order = np.lexsort((keys[np.r_[i, j]], np.r_[i, j]))
+    ends = np.r_[i, j][order]
+    others = np.r_[j, i][order]
+    starts = np.searchsorted(ends, np.arange(n + 1))
+    degree = np.diff(starts)
+    free = np.ones(n, bool)
+    for item in sorted(np.flatnonzero(degree), key=lambda k: (-degree[k], keys[k])):
+        if not free[item]:
+            continue
+        free[item] = False
+        copies = others[starts[item]:starts[item + 1]]
+        copies = copies[free[copies]]
+        cluster[copies] = item
+        free[copies] = False
+    return cluster

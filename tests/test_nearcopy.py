@@ -1,0 +1,102 @@
+"""Near-copy search: candidates, aligned verification and clusters that do not chain, on data we did not make."""
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image
+
+from stagebook import nearcopy, planting
+
+
+def _features(images):
+    return (np.stack([nearcopy.thumbnail(i.convert("L")) for i in images]), np.array([i.size for i in images]))
+
+
+@pytest.fixture(scope="module")
+def photos():
+    return planting.natural_images(48, 300, seed=3)
+
+
+@pytest.mark.parametrize("family", list(planting.FAMILIES))
+def test_each_family_of_copies_is_closer_than_other_photos_copies(photos, family):
+    rng = np.random.default_rng(0)
+    originals = photos[:40]
+    copies = [planting.plant(img, family, rng) for img in originals]
+    (ta, sa), (tb, sb) = _features(originals), _features(copies)
+    own = nearcopy.pair_distances(ta, sa, tb, sb)
+    others = nearcopy.pair_distances(ta, sa, np.roll(tb, 1, axis=0), np.roll(sb, 1, axis=0))
+    assert np.quantile(own, 0.9) < 0.03, f"{family}: copies at {np.sort(own)[-5:]}"
+    assert np.quantile(own, 0.9) < np.quantile(others, 0.05)  # a copy of another photo is further than most copies
+
+
+def test_a_moved_copy_is_a_candidate_and_its_hint_aligns_it():
+    digits = planting.digit_images(64)[:300]
+    moved = planting.shift(digits[7], np.random.default_rng(1))
+    thumbs, sizes = _features(digits)
+    index = nearcopy.CandidateIndex(thumbs)
+    qt, qs = _features([moved])
+    found = index.search(qt, 9)
+    row = found[found[:, 1] == 7]
+    assert len(row) == 1, "the original is not among the moved copy's candidates"
+    with_hint = nearcopy.pair_distances(thumbs[[7]], sizes[[7]], qt, qs, hint=row[:, 2:4])
+    assert with_hint[0] < 0.005
+
+
+def test_star_clusters_never_chain():
+    "A path a-b-c-d of verified pairs (a and c not verified) must not become one cluster."
+    pairs = pd.DataFrame({"i": [0, 1, 2], "j": [1, 2, 3], "distance": [0.001] * 3})
+    cluster = nearcopy.star_clusters(4, pairs, np.array(["a", "b", "c", "d"]))
+    assert len(set(cluster)) == 2
+    verified = {(0, 1), (1, 2), (2, 3)}
+    for member, rep in enumerate(cluster):
+        assert member == rep or (min(member, rep), max(member, rep)) in verified
+
+
+def test_star_clusters_are_verified_against_their_representative_on_random_graphs():
+    rng = np.random.default_rng(0)
+    for _ in range(20):
+        n = 60
+        i, j = rng.integers(0, n, 120), rng.integers(0, n, 120)
+        keep = i != j
+        pairs = pd.DataFrame({"i": np.minimum(i, j)[keep], "j": np.maximum(i, j)[keep], "distance": 0.0}).drop_duplicates()
+        verified = set(zip(pairs.i, pairs.j))
+        cluster = nearcopy.star_clusters(n, pairs, np.array([f"{k:03d}" for k in range(n)]))
+        for member, rep in enumerate(cluster):
+            assert member == rep or (min(member, rep), max(member, rep)) in verified
+            assert cluster[rep] == rep  # a representative represents itself
+
+
+def _planted(originals, per_family, seed=5):
+    rng = np.random.default_rng(seed)
+    images, origin, family = list(originals), list(range(len(originals))), [""] * len(originals)
+    for name in planting.FAMILIES:
+        for k in rng.choice(len(originals), per_family, replace=False):
+            images.append(planting.plant(originals[k], name, rng))
+            origin.append(int(k))
+            family.append(name)
+    return images, np.array(origin), np.array(family)
+
+
+def _recall_and_wrong(images, origin, family, threshold):
+    thumbs, sizes = _features(images)
+    found = set(zip(*nearcopy.near_pairs(thumbs, sizes, threshold)[["i", "j"]].to_numpy().T))
+    recall = {name: np.mean([(origin[r], r) in found for r in np.flatnonzero(family == name)]) for name in planting.FAMILIES}
+    return recall, sum(origin[a] != origin[b] for a, b in found)
+
+
+def test_near_pairs_find_planted_copies_of_digits():
+    "The bench's bar on a small planted set of 24-px digits: >= 97% per family, pairs between originals <= 1% of items."
+    images, origin, family = _planted(planting.digit_images(24)[:400], 40)
+    recall, wrong = _recall_and_wrong(images, origin, family, 0.005)
+    assert min(recall.values()) >= 0.97, recall
+    assert wrong <= 0.01 * len(images), f"{wrong} pairs between distinct originals"
+
+
+def test_near_pairs_in_textured_photos_stay_at_the_measured_level(photos):
+    """Known limit (issue 9, `make bench`): textured photo tiles moved or cropped by up to a tenth are partly missed
+    by the 8-px candidate search. This guards the level measured, not the 97% target."""
+    images, origin, family = _planted(photos, 40)
+    recall, wrong = _recall_and_wrong(images, origin, family, 0.01)
+    assert min(recall.values()) >= 0.6 and np.mean(list(recall.values())) >= 0.8, recall
+    assert wrong <= 0.02 * len(images)
