@@ -90,7 +90,7 @@ def _write(root: Path, files: dict[str, bytes]) -> str:
 
 
 def test_bad_threshold_is_refused(tmp_path: Path):
-    with pytest.raises(StagebookError, match="near_threshold=1.5: must lie in"):
+    with pytest.raises(StagebookError, match="near_threshold=1.5: must be .auto. .* or a number in \\[0, 1\\)"):
         audit(pd.DataFrame({"path": [], "label": []}), tmp_path, 1.5)
 
 
@@ -99,7 +99,7 @@ def test_near_duplicates_of_digits_are_found_without_chaining(tmp_path: Path):
     write_digits(tmp_path / "digits")
     truth = write_near_duplicates(tmp_path / "digits", fraction=0.1, seed=1)
     assert {kind for *_, kind in truth} == {"shift", "noise", "jpeg", "resize"}
-    result = audit(build_manifest("digits", tmp_path), tmp_path, 0.01, progress=False)
+    result = audit(build_manifest("digits", tmp_path), tmp_path, "auto", progress=False)
     cluster = result.items.set_index("path").cluster
     found = [cluster[f"digits/{a}"] != "" and cluster[f"digits/{a}"] == cluster[f"digits/{b}"] for a, b, _ in truth]
     assert np.mean(found) >= 0.95, f"only {np.mean(found):.1%} of near copies clustered with their original"

@@ -46,3 +46,15 @@ def test_missing_params_file(tmp_path: Path):
 def test_params_hash_ignores_order_and_sees_values():
     assert params_hash({"a": 1, "b": 2}) == params_hash({"b": 2, "a": 1})
     assert params_hash({"a": 1}) != params_hash({"a": 2})
+
+
+def test_a_number_set_over_a_word_default_is_a_number(tmp_path):
+    "near_threshold defaults to 'auto' but its schema says number: --set near_threshold=0.005 must arrive as 0.005."
+    from stagebook.params import parse_overrides
+
+    source = tmp_path / "01_x.yaml"
+    source.write_text("near_threshold: auto\nsource: data/raw\n")
+    (tmp_path / "01_x.schema.yaml").write_text("near_threshold: {type: number, min: 0, lt: 1, also: [auto]}\nsource: {type: path}\n")
+    known = {"near_threshold": "auto", "source": "data/raw"}
+    assert parse_overrides(["near_threshold=0.005", "source=2024"], known, source) == {"near_threshold": 0.005, "source": "2024"}
+    assert parse_overrides(["near_threshold=auto"], known, source) == {"near_threshold": "auto"}

@@ -4,17 +4,19 @@ Quarantine is a list, never a move: the files stay where they are and the manife
 Duplicates come in three kinds, all joined into clusters that the split keeps together:
 - exact: the same bytes (sha256);
 - same pixels: the same decoded image in another file format or with other metadata;
-- near: a shifted, noisy, re-encoded or resized copy. Candidates come from an approximate nearest-neighbour index
-  (faiss HNSW) over small normalised thumbnails, probed with shifted thumbnails too, so no all-pairs comparison is
-  made; each candidate is then verified by the best correlation over small shifts at two scales (8 and 16 pixels:
-  the small one forgives shifts, the large one resizing) and accepted at or below `near_threshold`.
+- near: a shifted, cropped, re-lit, noisy, blurred, re-encoded or resized copy (`stagebook.nearcopy`: candidates
+  from an approximate nearest-neighbour index, each verified after alignment). Near clusters do not chain: every
+  member is a verified copy of its cluster's representative.
+The threshold for "near" is chosen on the collection itself (`near_threshold: auto`) by planting copies of a sample
+of its images (`stagebook.calibration`); a fixed threshold is checked the same way. Either way the audit reports how
+many planted copies it found.
 """
 from __future__ import annotations
 
 import hashlib
 import io
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from multiprocessing import get_context
 from pathlib import Path
 
@@ -22,12 +24,9 @@ import numpy as np
 import pandas as pd
 from PIL import Image, UnidentifiedImageError
 
+from . import calibration, nearcopy
 from .errors import StagebookError
 
-SCALES = (8, 16)          # thumbnail sides compared; the best scale decides (shift-robust small, resize-robust large)
-MAX_SHIFT = {8: 1, 16: 2}  # pixels of shift searched at each scale
-HNSW_LINKS = 16           # graph degree of the nearest-neighbour index
-PROBE_SHIFTS = [(dx, dy) for dy in (-1, 0, 1) for dx in (-1, 0, 1)]
 Image.MAX_IMAGE_PIXELS = 50_000_000  # a decompression bomb is quarantined, not decoded
 
 
@@ -40,7 +39,7 @@ class Inspection:
     width: int = 0
     height: int = 0
     pixel_sha256: str = ""
-    thumbs: dict = field(default_factory=dict)
+    thumb: np.ndarray | None = None  # the 32-px grey thumbnail near-copy search compares
 
 
 def _to_standard_mode(img: Image.Image) -> tuple[Image.Image, str]:
@@ -71,11 +70,6 @@ def _to_standard_mode(img: Image.Image) -> tuple[Image.Image, str]:
 def _flatten_alpha(rgba: Image.Image) -> Image.Image:
     white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
     return Image.alpha_composite(white, rgba).convert("RGB")
-
-
-def thumbnail(gray: Image.Image, side: int) -> np.ndarray:
-    "A `side`×`side` float thumbnail."
-    return np.asarray(gray.resize((side, side), Image.BILINEAR), dtype=np.float32)
 
 
 def inspect_image(path: str) -> Inspection:
@@ -109,8 +103,7 @@ def inspect_image(path: str) -> Inspection:
         return found
     pixels = np.asarray(std.convert("RGB"))
     found.pixel_sha256 = hashlib.sha256(f"{pixels.shape}".encode() + pixels.tobytes()).hexdigest()
-    gray = std.convert("L")
-    found.thumbs = {side: thumbnail(gray, side) for side in SCALES}
+    found.thumb = nearcopy.thumbnail(std.convert("L"))
     return found
 
 
@@ -143,91 +136,6 @@ def inspect_all(paths: list[str], workers: int | None = None, progress: bool = T
     return out
 
 
-def _normalise(thumbs: np.ndarray) -> np.ndarray:
-    "Zero mean, unit norm per thumbnail (flat), so brightness and contrast changes do not matter."
-    flat = thumbs.reshape(len(thumbs), -1).astype(np.float32)
-    flat = flat - flat.mean(axis=1, keepdims=True)
-    norm = np.linalg.norm(flat, axis=1, keepdims=True)
-    return flat / np.where(norm > 0, norm, 1)
-
-
-def _shifted(thumbs: np.ndarray, dx: int, dy: int) -> np.ndarray:
-    "Thumbnails moved by (dx, dy) pixels, the uncovered edge filled with each thumbnail's border median."
-    out = np.empty_like(thumbs)
-    fill = np.median(np.concatenate([thumbs[:, 0, :], thumbs[:, -1, :], thumbs[:, :, 0], thumbs[:, :, -1]], axis=1), axis=1)
-    out[:] = fill[:, None, None]
-    h, w = thumbs.shape[1:]
-    out[:, max(dy, 0):h + min(dy, 0), max(dx, 0):w + min(dx, 0)] = thumbs[:, max(-dy, 0):h + min(-dy, 0), max(-dx, 0):w + min(-dx, 0)]
-    return out
-
-
-def candidate_pairs(thumbs: np.ndarray, neighbours: int, within: float) -> np.ndarray:
-    """Pairs (i < j) worth verifying: approximate nearest neighbours (an HNSW graph index, so no all-pairs comparison)
-    of each item and of its shifted probes, kept when 1 - correlation <= `within`."""
-    import faiss
-
-    n = len(thumbs)
-    if n < 2:
-        return np.empty((0, 2), dtype=np.int64)
-    k = min(neighbours + 1, n)
-    points = np.ascontiguousarray(_normalise(thumbs))
-    faiss.omp_set_num_threads(1)  # a graph built by one thread is the same graph every run: reproducible clusters
-    index = faiss.IndexHNSWFlat(points.shape[1], HNSW_LINKS)
-    index.hnsw.efSearch = max(64, 4 * k)
-    index.add(points)
-    faiss.omp_set_num_threads(os.cpu_count() or 1)  # searching a fixed graph is deterministic in any thread count
-    found = []
-    for dx, dy in PROBE_SHIFTS:
-        probe = points if (dx, dy) == (0, 0) else np.ascontiguousarray(_normalise(_shifted(thumbs, dx, dy)))
-        squared, nearest = index.search(probe, k)
-        close = (nearest.ravel() >= 0) & (squared.ravel() / 2 <= within)  # unit vectors: |a - b|^2 = 2 (1 - corr)
-        rows = np.repeat(np.arange(n), k)
-        found.append(np.stack([rows[close], nearest.ravel()[close]], axis=1))
-    pairs = np.concatenate(found)
-    pairs = pairs[pairs[:, 0] != pairs[:, 1]]
-    pairs.sort(axis=1)
-    return np.unique(pairs, axis=0)
-
-
-def shift_distance(a: np.ndarray, b: np.ndarray, max_shift: int) -> np.ndarray:
-    "1 - best Pearson correlation over the overlap of a[k] and b[k] shifted by up to `max_shift` pixels (vectorised)."
-    best = np.full(len(a), 2.0, dtype=np.float32)
-    h, w = a.shape[1:]
-    for dy in range(-max_shift, max_shift + 1):
-        for dx in range(-max_shift, max_shift + 1):
-            wa = a[:, max(dy, 0):h + min(dy, 0), max(dx, 0):w + min(dx, 0)].reshape(len(a), -1)
-            wb = b[:, max(-dy, 0):h + min(-dy, 0), max(-dx, 0):w + min(-dx, 0)].reshape(len(a), -1)
-            wa = wa - wa.mean(axis=1, keepdims=True)
-            wb = wb - wb.mean(axis=1, keepdims=True)
-            denom = np.sqrt((wa * wa).sum(axis=1) * (wb * wb).sum(axis=1))
-            corr = np.where(denom > 0, (wa * wb).sum(axis=1) / np.where(denom > 0, denom, 1), 0.0)
-            flat = (wa.std(axis=1) == 0) & (wb.std(axis=1) == 0)  # two blank images are the same image
-            corr = np.where(flat, 1.0, corr)
-            best = np.minimum(best, 1.0 - corr)
-    return best
-
-
-def near_duplicate_pairs(thumbs_by_scale: dict[int, np.ndarray], threshold: float, neighbours: int = 8,
-                         batch: int = 50_000) -> pd.DataFrame:
-    "Verified near-duplicate pairs (i, j, distance): distance is the best over scales of `shift_distance`."
-    # Copies sit within a few times `threshold` of a shifted probe at the small scale (resized ones furthest).
-    within = max(0.04, 4 * threshold)
-    pairs = candidate_pairs(thumbs_by_scale[SCALES[0]], neighbours, within)
-    small, large = SCALES
-    keep = []
-    for start in range(0, len(pairs), batch):
-        part = pairs[start:start + batch]
-        dist = shift_distance(thumbs_by_scale[small][part[:, 0]], thumbs_by_scale[small][part[:, 1]], MAX_SHIFT[small])
-        undecided = np.flatnonzero((dist > threshold) & (dist <= within))  # only these need the costlier scale
-        if len(undecided):
-            sub = part[undecided]
-            dist[undecided] = np.minimum(dist[undecided], shift_distance(
-                thumbs_by_scale[large][sub[:, 0]], thumbs_by_scale[large][sub[:, 1]], MAX_SHIFT[large]))
-        ok = dist <= threshold
-        keep.append(pd.DataFrame({"i": part[ok, 0], "j": part[ok, 1], "distance": dist[ok]}))
-    return pd.concat(keep, ignore_index=True) if keep else pd.DataFrame(columns=["i", "j", "distance"])
-
-
 def connected_clusters(n: int, edges: list[np.ndarray]) -> np.ndarray:
     "A cluster number per item from undirected edges (pairs of item indices)."
     from scipy.sparse import coo_matrix
@@ -249,9 +157,10 @@ def same_value_edges(values: pd.Series) -> np.ndarray:
 
 @dataclass
 class AuditResult:
-    "The manifest with audit columns added, plus the verified near-duplicate pairs."
+    "The manifest with audit columns added, the verified near-copy pairs (item rows) and the self-test."
     items: pd.DataFrame
     near_pairs: pd.DataFrame
+    self_test: calibration.SelfTest | None = None
 
     def summary(self, min_class_items: int) -> dict:
         usable = self.items[self.items.status == "ok"]
@@ -259,6 +168,8 @@ class AuditResult:
         dup_clusters = clusters[clusters > 1]
         conflicts = usable[usable.cluster.isin(dup_clusters.index)].groupby("cluster").label.nunique()
         per_class = usable.label.value_counts()
+        cluster = self.items.cluster.to_numpy()
+        unclustered = int((cluster[self.near_pairs.i.to_numpy(dtype=int)] != cluster[self.near_pairs.j.to_numpy(dtype=int)]).sum())
         return {"items": len(self.items), "usable": len(usable), "quarantined": int((self.items.status != "ok").sum()),
                 "converted": int((usable.converted != "").sum()),
                 "exact_duplicate_items": int(usable.duplicated("sha256", keep="first").sum()),
@@ -266,15 +177,31 @@ class AuditResult:
                                          & ~usable.duplicated("sha256", keep="first")).sum()),
                 "near_duplicate_pairs": len(self.near_pairs), "duplicate_clusters": len(dup_clusters),
                 "largest_cluster": int(clusters.max()) if len(clusters) else 1,
+                "near_pairs_between_clusters": unclustered,
                 "label_conflicts": int((conflicts > 1).sum()),
-                "small_classes": sorted(per_class[per_class < min_class_items].index.astype(str))}
+                "small_classes": sorted(per_class[per_class < min_class_items].index.astype(str)),
+                **(self.self_test.numbers() if self.self_test else {})}
 
 
-def audit(manifest: pd.DataFrame, root: Path, near_threshold: float, neighbours: int = 8, workers: int | None = None,
-          progress: bool = True) -> AuditResult:
-    "Decode and hash every manifest row; add status, converted, sizes, pixel hash and a duplicate `cluster` per row."
-    if not 0 <= near_threshold < 1:
-        raise StagebookError(f"near_threshold={near_threshold}: must lie in [0, 1) (1 - correlation; 0.01 is a good start).")
+def parse_threshold(value, where: str = "near_threshold") -> float | None:
+    "None for 'auto' (choose from planted copies), else a number in [0, 1)."
+    if isinstance(value, str) and value.strip().lower() == "auto":
+        return None
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        number = float("nan")
+    if not 0 <= number < 1:
+        raise StagebookError(f"{where}={value!r}: must be 'auto' (chosen by planting copies) or a number in [0, 1)"
+                             " (1 - correlation after alignment; 0.006 suits 8-px digits).")
+    return number
+
+
+def audit(manifest: pd.DataFrame, root: Path, near_threshold="auto", neighbours: int = 8, workers: int | None = None,
+          progress: bool = True, seed: int = 0) -> AuditResult:
+    """Decode and hash every manifest row; add status, converted, sizes, pixel hash and a duplicate `cluster` per row.
+    `near_threshold`: 'auto' or a number (see `parse_threshold`); the self-test runs either way."""
+    threshold = parse_threshold(near_threshold)
     paths = [str(root / p) for p in manifest.path]
     found = inspect_all(paths, workers=workers, progress=progress)
     items = manifest.copy().reset_index(drop=True)
@@ -285,16 +212,40 @@ def audit(manifest: pd.DataFrame, root: Path, near_threshold: float, neighbours:
     items["height"] = [f.height for f in found]
     items["pixel_sha256"] = [f.pixel_sha256 for f in found]
 
-    ok = np.flatnonzero(items.status.values == "ok")
-    near = pd.DataFrame(columns=["i", "j", "distance"])
-    if len(ok) > 1:
-        thumbs = {s: np.stack([found[i].thumbs[s] for i in ok]) for s in SCALES}
-        local = near_duplicate_pairs(thumbs, near_threshold, neighbours)
-        near = pd.DataFrame({"i": ok[local.i.astype(int)], "j": ok[local.j.astype(int)], "distance": local.distance})
-    edges = [same_value_edges(items.sha256), same_value_edges(items.pixel_sha256),
-             near[["i", "j"]].to_numpy(dtype=np.int64)]
+    # Items with the same pixels are one image to the near-copy search: one representative each (smallest path).
+    ok = items.index[items.status == "ok"]
+    reps = items.loc[ok].sort_values("path").drop_duplicates("pixel_sha256").sort_index().index.to_numpy()
+    rep_of = pd.Series(np.arange(len(reps)), index=items.pixel_sha256.to_numpy()[reps])
+    near = pd.DataFrame({"i": np.empty(0, int), "j": np.empty(0, int), "distance": np.empty(0, np.float32)})
+    component = np.full(len(reps), -1)
+    tested = None
+    if len(reps) > 1:
+        thumbs = np.stack([found[i].thumb for i in reps])
+        sizes = np.array([[found[i].width, found[i].height] for i in reps])
+        index = nearcopy.CandidateIndex(thumbs)
+        tested = _self_test(paths, reps, index, thumbs, sizes, neighbours, threshold, seed, items.sha256)
+        pairs = nearcopy.near_pairs(thumbs, sizes, tested.threshold, neighbours, index)
+        component = nearcopy.star_clusters(len(reps), pairs, items.pixel_sha256.to_numpy()[reps])
+        near = pd.DataFrame({"i": reps[pairs.i.astype(int)], "j": reps[pairs.j.astype(int)], "distance": pairs.distance})
+    # Every usable item joins its pixel representative's star cluster; exact copies are joined by their bytes too.
+    cluster_of = np.arange(len(items)) + len(reps)
+    cluster_of[ok] = component[rep_of.loc[items.pixel_sha256.to_numpy()[ok]].to_numpy()]
+    edges = [same_value_edges(items.sha256), same_value_edges(pd.Series(cluster_of).astype(str))]
     items["cluster"] = stable_cluster_ids(connected_clusters(len(items), edges), items.sha256)
-    return AuditResult(items, near)
+    return AuditResult(items, near, tested)
+
+
+def _self_test(paths, reps, index, thumbs, sizes, neighbours, threshold, seed, keys) -> calibration.SelfTest:
+    "Plant copies of a seeded sample of the representatives (chosen by content hash, so file order does not matter)."
+    order = np.argsort(keys.to_numpy()[reps], kind="stable")
+    rng = np.random.default_rng(seed)
+    sample = np.sort(rng.choice(order, size=min(calibration.SAMPLE, len(reps)), replace=False))
+    images = []
+    for row in sample:
+        with Image.open(paths[reps[row]]) as img:
+            img.load()
+            images.append(_to_standard_mode(img)[0])
+    return calibration.self_test(images, sample, index, thumbs, sizes, neighbours, threshold, seed)
 
 
 def stable_cluster_ids(components: np.ndarray, keys: pd.Series) -> pd.Series:

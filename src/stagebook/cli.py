@@ -94,7 +94,9 @@ def _audit(args) -> None:
     result = audit(items, root, args.near_threshold, workers=args.workers or None, progress=sys.stderr.isatty())
     summary = result.summary(args.min_class_items)
     for key, value in summary.items():
-        print(f"{key:>24}: {', '.join(value) if isinstance(value, list) else value}")
+        print(f"{key:>30}: {', '.join(value) if isinstance(value, list) else value}")
+    if result.self_test is not None:
+        print(f"stagebook: {result.self_test.sentence()}")
     for row in result.items[result.items.status != "ok"].itertuples():
         print(f"  {row.path}: {row.status}")
     if args.out:
@@ -209,7 +211,8 @@ def parser() -> argparse.ArgumentParser:
 
     audit = sub.add_parser("audit", help="decode a folder or CSV manifest: quarantine, conversions, duplicates")
     audit.add_argument("path", help="image folder (one sub-folder per class) or CSV with path,label")
-    audit.add_argument("--near-threshold", type=float, default=0.01, help="1 - correlation below which images are near copies")
+    audit.add_argument("--near-threshold", default="auto",
+                       help="'auto' (chosen by planting copies of your images) or 1 - correlation after alignment")
     audit.add_argument("--min-class-items", type=int, default=5, help="classes with fewer usable items are reported")
     audit.add_argument("--workers", type=int, default=0, help="decoding processes (0: all cores)")
     audit.add_argument("--out", help="also write the per-item audit table to this CSV")

@@ -47,7 +47,8 @@ def _table(df: pd.DataFrame) -> str:
 
 def generated_block(splits: pd.DataFrame, summary: dict, balance: pd.DataFrame, leakage: int, seal: dict | None,
                     data_version: str, chart: str | None = None, shown: int = 20,
-                    unsealed: dict[str, list[str]] | None = None) -> str:
+                    unsealed: dict[str, list[str]] | None = None, self_test: str = "",
+                    cross_split: pd.DataFrame | None = None) -> str:
     "Markdown for the data document: counts, audit findings, leakage, balance, seal and data version."
     usable = splits[splits.status == "ok"]
     counts = pd.crosstab(usable.label, usable.split).reindex(columns=["train", "valid", "test"], fill_value=0)
@@ -77,6 +78,12 @@ def generated_block(splits: pd.DataFrame, summary: dict, balance: pd.DataFrame, 
                   f"{summary['label_conflicts']} label conflicts",
                   f"classes too small to learn: {', '.join(summary['small_classes']) or 'none'}"]) + ".", "",
               f"**Cross-split leakage.** {leakage} duplicate clusters or groups straddle two splits.", ""]
+    if self_test:  # what a leakage figure of 0 is worth: how many planted copies the same search found
+        n_cross = 0 if cross_split is None else len(cross_split)
+        lines += [f"**Near copies.** {self_test[0].upper() + self_test[1:]}; cross-split near copies: {n_cross}"
+                  + (" (listed below)." if n_cross else "."), ""]
+        if n_cross:
+            lines += [_table(cross_split.head(shown).round({"distance": 4})), ""]
     if "relabeled_from" in splits:
         relabeled = splits[splits.relabeled_from.fillna("") != ""]
         lines += [f"**Reviewed relabels.** {len(relabeled)} label(s) corrected from `data/relabels.csv`"

@@ -30,6 +30,9 @@ def load_params(path: Path | str) -> dict:
 
 def parse_overrides(pairs: list[str], known: dict, source: Path) -> dict:
     "`['epochs=3', 'lr=1e-3']` -> `{'epochs': 3, 'lr': 0.001}`; each key must already exist in `source`."
+    from .schema import load_schema
+
+    rules = load_schema(source) if source is not None and Path(source).is_file() else None
     out = {}
     for pair in pairs:
         key, sep, raw = pair.partition("=")
@@ -38,7 +41,9 @@ def parse_overrides(pairs: list[str], known: dict, source: Path) -> dict:
             raise StagebookError(f"--set {pair!r}: expected key=value, e.g. --set epochs=3.")
         if key not in known:
             raise StagebookError(f"--set {key}: not a parameter in {source}; known: {', '.join(sorted(known)) or 'none'}.")
-        out[key] = raw if isinstance(known[key], str) else _yaml_scalar(raw)
+        declared = (rules or {}).get(key, {}).get("type")
+        numeric = declared in ("int", "number")  # e.g. near_threshold: a number, though its default is 'auto'
+        out[key] = raw if isinstance(known[key], str) and not numeric else _yaml_scalar(raw)
     return out
 
 

@@ -7,6 +7,7 @@ no defaults (the params file is the one source of values). A key is a mapping of
     min / max (inclusive), gt / lt (exclusive)                  pattern: regex (str)
     items: {rules}  (each list item)   keys: {name: {rules}}  (a dict's allowed keys)   values: {rules}
     inside: true  (path: relative, within the project)          non_empty: true  (list, dict, str)
+    also: [auto]  (words accepted besides the type, e.g. a number or `auto`)
 
 A bad value is one line naming the file (or the --set that brought it), the key, the value and what is expected.
 """
@@ -63,6 +64,8 @@ def _check(value, rules: dict, name: str, where: str) -> None:
         if not rules.get("nullable"):
             fail("is empty")
         return
+    if isinstance(value, str) and value in rules.get("also", ()):
+        return
     kind = rules["type"]
     ok = {"int": isinstance(value, int) and not isinstance(value, bool),
           "number": isinstance(value, (int, float)) and not isinstance(value, bool),
@@ -117,6 +120,8 @@ def describe(rules: dict) -> str:
             text += " with keys among " + ", ".join(rules["keys"])
         if kind == "path" and rules.get("inside"):
             text += " relative to the project, inside it"
+        if "also" in rules:
+            text += " or " + " or ".join(str(w) for w in rules["also"])
         if rules.get("non_empty"):
             text = "non-empty " + text
     return text + (" (or null)" if rules.get("nullable") else "")

@@ -148,6 +148,16 @@ def straddling_clusters(splits: pd.DataFrame) -> int:
     return count
 
 
+def cross_split_pairs(splits: pd.DataFrame, near: pd.DataFrame) -> pd.DataFrame:
+    """Verified near-copy pairs (columns path_a, path_b, distance) whose usable items sit in different splits.
+    Clusters do not chain, so a copy of a copy can land in another cluster; this lists every such pair."""
+    usable = splits[splits.status == "ok"].drop_duplicates("path").set_index("path").split
+    a, b = usable.reindex(near.path_a).to_numpy(), usable.reindex(near.path_b).to_numpy()
+    apart = pd.notna(a) & pd.notna(b) & (a != b)
+    out = near[apart].assign(split_a=a[apart], split_b=b[apart])
+    return out[["path_a", "split_a", "path_b", "split_b", "distance"]].reset_index(drop=True)
+
+
 def class_balance(splits: pd.DataFrame, proportions: dict[str, float]) -> pd.DataFrame:
     "Per class: share of usable items in each split, and the largest deviation from the target, in points."
     usable = splits[splits.status == "ok"]
