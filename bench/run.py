@@ -17,6 +17,8 @@ stage04:  a full `stagebook run 04_tuning` with the default params (target: unde
 template: `stagebook new` (copier render, package rename, toolkit wheel, nbdev export, git) against a bare
           `git clone` of the template; and the notebooks' Colab set-up cell outside Colab, executed first thing in a
           fresh interpreter, against a bare statement there (target: under 50 ms).
+neardup:  planted near copies (bench/neardup.py): recall per transform family, merged and largest clusters, at
+          16-128 px on digits and photo tiles, beside imagededup PHash; 20,000 images against imagededup PHash and CNN.
 split:    sticky split of 1,000,000 manifest rows with groups and duplicate clusters (target: under 5 s), against
           pandas reading the same rows from CSV; then the re-split after 10% more rows arrive.
 """
@@ -136,7 +138,7 @@ def bench_audit(count: int = 20_000) -> list[dict]:
                 img.load()
         plain = time.perf_counter() - start
         start = time.perf_counter()
-        result = audit(manifest, root, near_threshold=0.01, progress=False)
+        result = audit(manifest, root, near_threshold="auto", progress=False)
         ours = time.perf_counter() - start
     header()
     # a throughput ratio: ours / baseline in images per second, so higher is better here
@@ -344,8 +346,8 @@ def bench_template(repeats: int) -> list[dict]:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--only", default="train,stage04,pipeline,audit,split,template",
-                    help="comma-separated: train, stage04, pipeline, audit, split, template")
+    ap.add_argument("--only", default="train,stage04,pipeline,audit,split,template,neardup",
+                    help="comma-separated: train, stage04, pipeline, audit, split, template, neardup")
     ap.add_argument("--repeats", type=int, default=5, help="alternating repetitions of each timed command")
     args = ap.parse_args()
     chosen = set(args.only.split(","))
@@ -358,6 +360,10 @@ def main() -> None:
         results += bench_split()
     if "audit" in chosen:
         results += bench_audit()
+    if "neardup" in chosen:
+        sys.path.insert(0, str(Path(__file__).parent))
+        from neardup import bench_neardup
+        results += bench_neardup()
     if "pipeline" in chosen:
         results += bench_pipeline(args.repeats)
     if "template" in chosen:
