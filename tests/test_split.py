@@ -2,6 +2,7 @@
 import json
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -89,3 +90,23 @@ def test_changing_split_settings_needs_the_flag(tmp_path: Path):
     with pytest.raises(StagebookError, match="split settings changed"):
         check_policy(policy, PROPS, 1, False, "p.yaml")
     assert check_policy(policy, {"train": 0.8, "valid": 0.1, "test": 0.1}, 0, True, "p.yaml") is True
+
+
+def test_a_chain_of_near_copies_stays_in_one_split_though_its_clusters_do_not_chain():
+    "a~b and b~c are verified, a~c is not: two clusters, one split unit, and no near pair in two splits."
+    from stagebook.split import cross_split_pairs
+
+    m = items(600)
+    chain = m.path[:3].tolist()
+    for seed in range(20):  # whatever the hash order, the chain lands together
+        m["cluster"] = ""
+        m.loc[m.path.isin(chain[:2]), "cluster"] = "dup:ab"
+        m.loc[m.path == chain[2], "cluster"] = ""
+        m["near_unit"] = np.where(m.path.isin(chain), "near:abc", "")
+        s = split_assignments(m, PROPS, seed)
+        near = pd.DataFrame({"path_a": chain[:2], "path_b": chain[1:], "distance": [0.001, 0.002]})
+        assert s.set_index("path").split[chain].nunique() == 1
+        assert cross_split_pairs(s, near).empty
+    s["split"] = np.where(s.path == chain[2], "test", np.where(s.path.isin(chain[:2]), "train", s.split))
+    apart = cross_split_pairs(s, near)
+    assert apart[["path_a", "path_b"]].values.tolist() == [[chain[1], chain[2]]]

@@ -178,6 +178,8 @@ class AuditResult:
                 "near_duplicate_pairs": len(self.near_pairs), "duplicate_clusters": len(dup_clusters),
                 "largest_cluster": int(clusters.max()) if len(clusters) else 1,
                 "near_pairs_between_clusters": unclustered,
+                "largest_near_unit": int(usable[usable.near_unit != ""].groupby("near_unit").size().max())
+                if "near_unit" in usable and (usable.near_unit != "").any() else 1,
                 "label_conflicts": int((conflicts > 1).sum()),
                 "small_classes": sorted(per_class[per_class < min_class_items].index.astype(str)),
                 **(self.self_test.numbers() if self.self_test else {})}
@@ -232,6 +234,9 @@ def audit(manifest: pd.DataFrame, root: Path, near_threshold="auto", neighbours:
     cluster_of[ok] = component[rep_of.loc[items.pixel_sha256.to_numpy()[ok]].to_numpy()]
     edges = [same_value_edges(items.sha256), same_value_edges(pd.Series(cluster_of).astype(str))]
     items["cluster"] = stable_cluster_ids(connected_clusters(len(items), edges), items.sha256)
+    # The split keeps every verified pair together, so it follows chains the clusters do not (`near_unit`).
+    chained = connected_clusters(len(items), edges + [near[["i", "j"]].to_numpy(dtype=np.int64)])
+    items["near_unit"] = stable_cluster_ids(chained, items.sha256).str.replace("dup:", "near:", regex=False)
     return AuditResult(items, near, tested)
 
 

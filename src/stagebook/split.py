@@ -40,11 +40,13 @@ def check_proportions(proportions: dict, where: str) -> dict[str, float]:
 
 
 def split_units(items: pd.DataFrame) -> pd.Series:
-    "The key of the unit each row belongs to: rows sharing a declared group or a duplicate cluster share a unit."
+    """The key of the unit each row belongs to: rows sharing a declared group, a duplicate cluster or a chain of
+    verified near-copy pairs (`near_unit`) share a unit."""
     from .audit import same_value_edges, connected_clusters
 
     member = _member_keys(items)
-    edges = [same_value_edges(items[c].fillna("").astype(str)) for c in ("group", "cluster") if c in items.columns]
+    edges = [same_value_edges(items[c].fillna("").astype(str)) for c in ("group", "cluster", "near_unit")
+             if c in items.columns]
     components = connected_clusters(len(items), edges)
     rank, keys = pd.factorize(member, sort=True)  # integer ranks: a group-wise min over ints, not strings
     smallest = pd.Series(rank).groupby(components).transform("min").to_numpy()
