@@ -1,12 +1,13 @@
 """Near copies: which images are shifted, cropped, re-lit, noisy, blurred, re-encoded or resized copies of another.
 
 Every image is described by a grey 32-px thumbnail and its size. Three steps, none of them all-pairs:
-- candidates: an approximate nearest-neighbour index (faiss HNSW) over 8-px normalised thumbnails, probed with the
-  query moved by a pixel each way, so a copy moved by up to an eighth of its side is still a neighbour;
-- verification: each candidate pair is aligned and compared. Alignment searches whole-pixel moves at 16 px, then
-  half pixels at 32 px, and, for a pair whose sizes say one is a crop of the other (both sides 80-100%), places the
-  smaller on the larger's pixel scale. The distance is 1 - Pearson correlation over the overlap, so brightness and
-  contrast do not count, and the 32-px scale forgives noise, blur, re-encoding and resizing;
+- candidates: an approximate nearest-neighbour index (faiss HNSW) over the inner 6×6 of 8-px normalised thumbnails,
+  probed with the query moved in half-pixel steps, so a copy moved by up to an eighth of its side is a neighbour;
+- verification: each candidate pair is aligned and compared. Alignment searches whole pixels at 32 px around the
+  offset the probe that found the pair saw, then half pixels; for a pair whose sizes say one is a crop of the other
+  (both sides 80-100%), the smaller is placed on the larger's pixel scale (searched at 16 px first). Both thumbnails
+  are lightly smoothed, and the overlap's outer 2 px (where a moved copy's filled edge blends in) are left out. The
+  distance is 1 - Pearson correlation over the overlap, so brightness and contrast do not count;
 - clusters without chaining (`star_clusters`): every member is a verified copy of its cluster's representative.
 """
 from __future__ import annotations
