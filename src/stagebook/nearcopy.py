@@ -257,16 +257,20 @@ def pair_distances(thumbs_a: np.ndarray, sizes_a: np.ndarray, thumbs_b: np.ndarr
     return out
 
 
+def _no_pairs() -> pd.DataFrame:
+    return pd.DataFrame({"i": np.empty(0, np.int64), "j": np.empty(0, np.int64), "distance": np.empty(0, np.float32)})
+
+
 def near_pairs(thumbs: np.ndarray, sizes: np.ndarray, threshold: float, neighbours: int = 8,
                index: CandidateIndex | None = None) -> pd.DataFrame:
     "Verified near-copy pairs (i < j, distance <= threshold) within one collection."
     if len(thumbs) < 2:
-        return pd.DataFrame({"i": np.empty(0, np.int64), "j": np.empty(0, np.int64), "distance": np.empty(0, np.float32)})
+        return _no_pairs()
     index = index or CandidateIndex(thumbs)
     found = index.search(thumbs, neighbours + 1)
     found = found[found[:, 0] != found[:, 1]]
     if not len(found):
-        return pd.DataFrame({"i": np.empty(0, np.int64), "j": np.empty(0, np.int64), "distance": np.empty(0, np.float32)})
+        return _no_pairs()
     query, item = found[:, 0].astype(np.int64), found[:, 1].astype(np.int64)
     i, j = np.minimum(query, item), np.maximum(query, item)
     hint = found[:, 2:4] * np.where(item == i, 1, -1)[:, None]  # the item looks like the query moved by (dx, dy)
