@@ -85,52 +85,116 @@ def split_assignments(items: pd.DataFrame, proportions: dict[str, float], seed: 
 
 
 def _place_new_units(out: pd.DataFrame, proportions: dict[str, float], seed: int) -> pd.Series:
-    "Splits for the rows not yet placed: per class, units in seeded-hash order, each to the split most in deficit."
+    """Splits for the rows not yet placed. Units are whole (a group may hold several classes); each counts toward
+    every class it holds. Largest first (ties in seeded-hash order), each unit goes to the split whose share of its
+    classes would stay furthest below target, then single moves that bring every class and the total closer to
+    the targets are made until none is left; single items then fill each class's remaining need. Placed items are
+    counted, never moved."""
     usable = (out.status == "ok").to_numpy() if "status" in out.columns else np.ones(len(out), bool)
     label = out.label.astype(str).to_numpy()
     placed = out.split.notna().to_numpy()
-    counts: dict[str, list[int]] = {}  # class -> usable items already placed per split
-    for (cls, split), n in pd.Series(1, index=pd.MultiIndex.from_arrays(
-            [label[placed & usable], out.split.to_numpy()[placed & usable]])).groupby(level=[0, 1]).size().items():
-        counts.setdefault(cls, [0, 0, 0])[SPLITS.index(split)] = int(n)
     rows = np.flatnonzero(~placed)
     if not len(rows):
         return pd.Series(dtype=object)
+    class_code, classes = pd.factorize(label, sort=True)
+    split_code = pd.Categorical(out.split.to_numpy(), categories=SPLITS).codes
+    held = np.zeros((len(classes), 3))  # usable items already placed, per class and split
+    done = placed & usable
+    np.add.at(held, (class_code[done], split_code[done]), 1)
     code, keys = pd.factorize(out.unit.to_numpy()[rows])
-    label_code, classes = pd.factorize(label[rows], sort=True)
-    size = np.bincount(code, weights=usable[rows], minlength=len(keys)).astype(np.int64)
-    unit_label = np.full(len(keys), np.iinfo(np.int64).max)
-    np.minimum.at(unit_label, code, label_code)
-    mixed = np.zeros(len(keys), bool)
-    mixed[code[label_code != unit_label[code]]] = True
-    if mixed.any():  # a unit whose items carry several labels takes its most common one, ties to the smallest
-        sub = pd.DataFrame({"unit": code, "label": label_code})[mixed[code]]
-        top = (sub.groupby(["unit", "label"]).size().rename("n").reset_index()
-               .sort_values(["unit", "n", "label"], ascending=[True, False, True]).drop_duplicates("unit"))
-        unit_label[top.unit.to_numpy()] = top.label.to_numpy()
-    order = unit_order(np.asarray(keys, dtype=object), seed)
-    units = pd.DataFrame({"label": np.asarray(classes, dtype=object)[unit_label], "size": size, "order": order}
-                         ).sort_values(["label", "order"])
-    targets = [proportions[s] for s in SPLITS]
-    chosen = np.empty(len(keys), dtype=np.int8)
-    t0, t1, t2 = targets
-    for cls, block in units.groupby("label", sort=True):
-        h0, h1, h2 = counts.get(cls, [0, 0, 0])
-        picks = []
-        for n in block["size"].to_numpy().tolist():  # the split furthest below its share takes the unit
-            total = h0 + h1 + h2 + (n if n > 0 else 1)
-            d0, d1, d2 = t0 * total - h0, t1 * total - h1, t2 * total - h2
-            if d0 >= d1 and d0 >= d2:
-                h0 += n
-                picks.append(0)
-            elif d1 >= d2:
-                h1 += n
-                picks.append(1)
-            else:
-                h2 += n
-                picks.append(2)
-        chosen[block.index.to_numpy()] = picks
+    new_usable = usable[rows]
+    members = (pd.DataFrame({"u": code[new_usable], "c": class_code[rows][new_usable]})
+               .value_counts().reset_index(name="n").sort_values(["u", "c"]))
+    per_unit: list[list] = [[] for _ in range(len(keys))]  # per unit: (class, usable items of it)
+    for u, c, n in zip(members.u.tolist(), members.c.tolist(), members.n.tolist()):
+        per_unit[u].append((c, n))
+    size = np.array([sum(n for _, n in part) for part in per_unit], dtype=np.int64)
+    total_c = held.sum(axis=1) + np.bincount(members.c, weights=members.n, minlength=len(classes))
+    target = np.array([proportions[s] for s in SPLITS], dtype=float)
+    splits = [k for k in range(3) if target[k] > 0]
+    hashed = unit_order(np.asarray(keys, dtype=object), seed)
+    lone = np.array([len(part) == 1 and part[0][1] == 1 for part in per_unit])  # one usable item: placed in bulk
+    order = np.lexsort((hashed, -size))
+    order = order[~lone[order]]
+    held_all, total = held.sum(axis=0), float(total_c.sum())
+    chosen = np.zeros(len(keys), dtype=np.int8)
+    for u in order.tolist():
+        part, n = per_unit[u], int(size[u])
+        best, best_key = splits[0], None
+        for k in splits:  # the share each split would then hold of its target, for this unit's classes and overall
+            fill = sum(m * (held[c, k] + m) / (target[k] * total_c[c]) for c, m in part) / n if n else 0.0
+            key = (round(fill, 12), round((held_all[k] + n) / (target[k] * total), 12), (int(hashed[u]) + k) % 3)
+            if best_key is None or key < best_key:
+                best, best_key = k, key
+        chosen[u] = best
+        for c, m in part:
+            held[c, best] += m
+        held_all[best] += n
+    _improve(chosen, per_unit, size, held, held_all, total_c, total, target, splits, order)
+    _place_lone_items(chosen, np.flatnonzero(lone), per_unit, hashed, held, total_c, target)
+    # classes still off target (few items, big groups): moves among all their new units, single items included
+    off = np.flatnonzero(100 * np.abs(held / np.maximum(total_c, 1)[:, None] - target).max(axis=1) > TOLERANCE_POINTS)
+    if len(off):
+        off_set = set(off.tolist())
+        touched = np.array([any(c in off_set for c, _ in per_unit[u]) for u in order_all], dtype=bool) \
+            if (order_all := np.lexsort((hashed, -size))).size else np.zeros(0, bool)
+        _improve(chosen, per_unit, size, held, held.sum(axis=0), total_c, total, target, splits, order_all[touched])
     return pd.Series(np.asarray(SPLITS, dtype=object)[chosen[code]], index=out.index[rows])
+
+
+def _place_lone_items(chosen, lone, per_unit, hashed, held, total_c, target) -> None:
+    """Single items fill what each class still lacks: per class, the counts each split needs (largest remainder),
+    handed out in seeded-hash order, so which items land in test is as random as the seed."""
+    if not len(lone):
+        return
+    cls = np.array([per_unit[u][0][0] for u in lone])
+    count = np.bincount(cls, minlength=len(total_c))
+    need = np.clip(target[None, :] * total_c[:, None] - held, 0, None)
+    need[:, target == 0] = 0
+    share = need * (count / np.maximum(need.sum(axis=1), 1e-12))[:, None]
+    alloc = np.floor(share).astype(np.int64)
+    left = count - alloc.sum(axis=1)
+    for c in np.flatnonzero(left > 0):  # the largest fractional parts get the items still to place
+        alloc[c, np.argsort(-(share[c] - alloc[c]), kind="stable")[:left[c]]] += 1
+    np.add.at(held, (np.repeat(np.arange(len(count)), 3), np.tile(np.arange(3), len(count))), alloc.ravel())
+    ranked = pd.DataFrame({"u": lone, "c": cls, "h": hashed[lone]}).sort_values(["c", "h"], kind="stable")
+    rank = ranked.groupby("c").cumcount().to_numpy()
+    bounds = np.cumsum(alloc, axis=1)[ranked.c.to_numpy()]  # per row: the cumulative counts of its class
+    chosen[ranked.u.to_numpy()] = (rank[:, None] >= bounds).sum(axis=1).astype(np.int8)
+
+
+def _improve(chosen, per_unit, size, held, held_all, total_c, total, target, splits, order, passes: int = 4) -> None:
+    """Move single units while that lowers the summed squared deviation from the targets (every class, and the
+    total): the greedy pass places big groups well, this evens out what is left."""
+    def delta(part, n, a, b) -> float:
+        change = 0.0
+        for c, m in part:
+            for k, d in ((a, -m), (b, m)):
+                before = held[c, k] / total_c[c] - target[k]
+                change += (before + d / total_c[c]) ** 2 - before ** 2
+        for k, d in ((a, -n), (b, n)):
+            before = held_all[k] / total - target[k]
+            change += (before + d / total) ** 2 - before ** 2
+        return change
+
+    for _ in range(passes):
+        moved = False
+        for u in order.tolist():
+            part, n, a = per_unit[u], int(size[u]), int(chosen[u])
+            if not n:
+                continue
+            gains = [(delta(part, n, a, b), b) for b in splits if b != a]
+            gain, b = min(gains) if gains else (0.0, a)
+            if gain < -1e-12:
+                chosen[u] = b
+                for c, m in part:
+                    held[c, a] -= m
+                    held[c, b] += m
+                held_all[a] -= n
+                held_all[b] += n
+                moved = True
+        if not moved:
+            break
 
 
 def unit_order(keys: np.ndarray, seed: int) -> np.ndarray:
@@ -166,6 +230,75 @@ def class_balance(splits: pd.DataFrame, proportions: dict[str, float]) -> pd.Dat
     shares = pd.crosstab(usable.label, usable.split, normalize="index").reindex(columns=list(SPLITS), fill_value=0.0)
     shares["max_deviation_points"] = 100 * (shares[list(SPLITS)] - pd.Series(proportions)).abs().max(axis=1)
     return shares.reset_index()
+
+
+TOLERANCE_POINTS = 2.0  # each class and the total within this many points of every split's target share
+
+
+def _closest_share(sizes: list[int], total: int, share: float) -> float:
+    "Smallest |k/total - share| over the sums k that some subset of `sizes` adds up to (a bitset of reachable sums)."
+    reachable = 1
+    for n in sizes:
+        reachable |= reachable << int(n)
+    bits = bin(reachable)[:1:-1]  # bit k set: k is reachable
+    sums = np.flatnonzero(np.frombuffer(bits.encode(), dtype=np.uint8) == ord("1"))
+    return float(np.abs(sums / total - share).min())
+
+
+def _best_whole_items(total: int, proportions: dict[str, float]) -> float:
+    "Smallest largest-deviation (as a share) of any split of `total` single items into train/valid/test counts."
+    if total > 2000:  # one item is under 0.05 points of such a class
+        return 0.0
+    t = np.array([proportions[k] for k in SPLITS])
+    a = np.arange(total + 1)
+    valid, test = np.meshgrid(a, a, indexing="ij")
+    train = total - valid - test
+    dev = np.maximum.reduce([np.abs(train / total - t[0]), np.abs(valid / total - t[1]), np.abs(test / total - t[2])])
+    return float(dev[train >= 0].min())
+
+
+def _best_possible(sizes: list[int], proportions: dict[str, float]) -> float:
+    "A lower bound, in points, on the largest deviation any split of these indivisible units can reach."
+    total = sum(sizes)
+    per_split = max(_closest_share(sizes, total, proportions[k]) for k in SPLITS)
+    return 100 * max(per_split, _best_whole_items(total, proportions))
+
+
+def balance_shortfalls(splits: pd.DataFrame, proportions: dict[str, float],
+                       tolerance: float = TOLERANCE_POINTS) -> pd.DataFrame:
+    """The classes (and `(all)`, the total) that miss some split's target share by more than `tolerance` points, with
+    a lower bound on what any split of their units could reach: a unit (group, duplicate cluster, near-copy chain)
+    is indivisible, so a class of few items or one large group cannot land closer. Empty when all are within."""
+    columns = ["class", "points_off", "best_possible", "units", "largest_unit", "items"]
+    usable = splits[splits.status == "ok"]
+    if usable.empty:
+        return pd.DataFrame(columns=columns)
+    unit = usable["unit"] if "unit" in usable.columns else usable["path"]
+    rows = []
+    shares = usable.split.value_counts(normalize=True).reindex(list(SPLITS), fill_value=0.0)
+    overall = 100 * float((shares - pd.Series(proportions)).abs().max())
+    if overall > tolerance:
+        sizes = usable.assign(_u=unit).groupby("_u").size().tolist()
+        rows.append(("(all)", overall, _best_possible(sizes, proportions), len(sizes), max(sizes), sum(sizes)))
+    balance = class_balance(splits, proportions).set_index("label")
+    per_unit = usable.assign(_u=unit).groupby(["label", "_u"]).size()
+    for cls, row in balance[balance.max_deviation_points > tolerance].iterrows():
+        sizes = per_unit.loc[cls].tolist()
+        rows.append((str(cls), row.max_deviation_points, _best_possible(sizes, proportions), len(sizes), max(sizes),
+                     sum(sizes)))
+    return (pd.DataFrame(rows, columns=columns).sort_values("points_off", ascending=False, kind="stable")
+            .round({"points_off": 1, "best_possible": 1}).reset_index(drop=True))
+
+
+def shortfall_sentence(shortfalls: pd.DataFrame, tolerance: float = TOLERANCE_POINTS) -> str:
+    "One line for the terminal and the data document: which classes miss the targets, and whether their units allow better."
+    if shortfalls.empty:
+        return f"every class is within {tolerance:g} points of the target split"
+    worst = shortfalls.iloc[0]
+    bound = int((shortfalls.points_off <= shortfalls.best_possible + 0.05).sum())
+    return (f"{len(shortfalls)} class(es) miss the target split by more than {tolerance:g} points (worst: {worst['class']},"
+            f" {worst.points_off:.1f} points, where no split of its {worst.units} unit(s) gets closer than"
+            f" {worst.best_possible:.1f}); as close as their units allow: {bound} of {len(shortfalls)}")
 
 
 def check_policy(policy_file: Path, proportions: dict, seed: int, allow_change: bool, where: str) -> bool:
