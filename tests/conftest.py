@@ -124,3 +124,26 @@ def save_as_a_browser_would(call, name: str) -> None:
             cell["execution_count"] = 7
             cell["outputs"] = [{"output_type": "stream", "name": "stdout", "text": "ran\n"}]
     call("PUT", name, {"type": "notebook", "format": "json", "content": content})
+
+
+def mixed_images(folder: Path, classes: int = 6, per_class: int = 20, seed: int = 0) -> Path:
+    """A folder-per-class tree of 32-64 px PNGs, two thirds colour and one third grayscale, where a class is a hue
+    and a stripe frequency (so colour carries signal, and grayscale still some). Not made by stagebook itself."""
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    for k in range(classes):
+        (folder / f"kind_{k}").mkdir(parents=True, exist_ok=True)
+        for i in range(per_class):
+            side = int(rng.choice([32, 40, 48, 56, 64]))
+            y, x = np.mgrid[0:side, 0:side] / side
+            stripes = 0.5 + 0.5 * np.sin(2 * np.pi * (k + 1) * (x + rng.random()))
+            hue = np.array([np.cos(2 * np.pi * k / classes), np.cos(2 * np.pi * (k / classes + 1 / 3)),
+                            np.cos(2 * np.pi * (k / classes + 2 / 3))]) * 0.5 + 0.5
+            rgb = (0.6 * hue[None, None, :] + 0.4 * stripes[..., None]) * 255 + rng.normal(0, 12, (side, side, 3))
+            img = Image.fromarray(np.clip(rgb, 0, 255).astype(np.uint8), "RGB")
+            if i % 3 == 2:
+                img = img.convert("L")
+            img.save(folder / f"kind_{k}" / f"{i:03d}.png")
+    return folder

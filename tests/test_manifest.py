@@ -76,8 +76,28 @@ def test_non_utf8_csv_is_refused(tmp_path: Path):
 
 
 def test_missing_source_and_empty_folder(tmp_path: Path):
-    with pytest.raises(StagebookError, match="not found; set `source`"):
+    with pytest.raises(StagebookError, match="not found; point `source` in params/data.yaml"):
         build_manifest("nowhere", tmp_path)
     (tmp_path / "empty").mkdir()
     with pytest.raises(StagebookError, match="no images found"):
         build_manifest("empty", tmp_path)
+
+
+def test_paths_are_relative_to_the_data_root_so_the_folder_can_move(tmp_path: Path):
+    folder = folder_of_images(tmp_path)
+    m = build_manifest("imgs", tmp_path, "imgs")
+    assert list(m.path[:2]) == ["cat/0.png", "cat/1.png"]
+    moved = tmp_path / "elsewhere"
+    folder.rename(moved)
+    assert build_manifest(moved, tmp_path, moved).path.tolist() == m.path.tolist()
+
+
+def test_an_item_outside_the_data_root_is_refused_in_one_line(tmp_path: Path):
+    folder = folder_of_images(tmp_path)
+    (folder / "list.csv").write_text("path,label\ncat/0.png,cat\n../stray.png,dog\n")
+    Image.new("L", (6, 6)).save(tmp_path / "stray.png")
+    with pytest.raises(StagebookError) as refused:
+        build_manifest(folder / "list.csv", tmp_path, "imgs")
+    text = str(refused.value)
+    assert "stray.png: lies outside the data root" in text and "set `root` in params/data.yaml" in text
+    assert "\n" not in text

@@ -48,7 +48,6 @@ OVERRIDES = [
     ("04", "mixed_precision=maybe", "mixed_precision = 'maybe' is not true or false"),
     ("04", "train_accuracy_target=1.5", "train_accuracy_target = 1.5 is above 1"),
     ("04", "onebatch_steps=0", "onebatch_steps = 0 is below 1"),
-    ("04", "image_size=2", "image_size = 2 is below 4"),
     ("04", "init_loss_tolerance=0", "init_loss_tolerance = 0 is not above 0"),
     ("04", "early_stopping_patience=0", "early_stopping_patience = 0 is below 1"),
     ("04", "model_path=/tmp/elsewhere.pth", "model_path = '/tmp/elsewhere.pth' leaves the project"),
@@ -68,7 +67,6 @@ OVERRIDES = [
     ("01", "seed=-1", "seed = -1 is below 0"),
     ("01", "relabels=/etc/passwd", "relabels = '/etc/passwd' leaves the project"),
     ("01", "data_doc=../x.md", "data_doc = '../x.md' leaves the project"),
-    ("02", "image_size=0", "image_size = 0 is below 4"),
     ("02", "models=[]", "models = [] is empty"),
     ("02", "models=[knn,transformer]", "models[1] = 'transformer' is not one of the choices"),
     ("02", "models=knn", "models = 'knn' is not a list"),
@@ -98,6 +96,17 @@ FILES = [
     ("04_tuning", "epochs: [1,\n", "params/04_tuning.yaml: not valid YAML at line 2"),
     ("04_tuning", "- epochs\n- lr\n", "must be a mapping of Python-identifier keys"),
     ("04_tuning", {"epochz": 3}, "unknown key(s) ['epochz']"),
+]
+
+
+# (new lines for params/data.yaml, the project's data config every stage reads, what the message must say)
+DATA_FILES = [
+    ({"image_size": 2}, "params/data.yaml: image_size = 2 is below 4"),
+    ({"image_size": "big"}, "params/data.yaml: image_size = 'big' is not an integer"),
+    ({"channels": 2}, "params/data.yaml: channels = 2 is not one of the choices; expected one of 1, 3"),
+    ({"channels": "rgb"}, "params/data.yaml: channels = 'rgb' is not an integer"),
+    ({"source": None}, "params/data.yaml: source = None is empty"),
+    ({"colour": True}, "no rules for ['colour']"),
 ]
 
 
@@ -146,6 +155,22 @@ def test_a_bad_params_file_is_refused_naming_the_file(template_copy: Path, stage
         with pytest.raises(StagebookError) as refused:
             run_stage(stage[:2], [], root=template_copy, track=False)
         assert message in str(refused.value) and "\n" not in str(refused.value)
+        assert _tree_digest(template_copy) == before
+    finally:
+        path.write_text(kept)
+
+
+@pytest.mark.parametrize("content, message", DATA_FILES, ids=[str(c)[:24] for c, _ in DATA_FILES])
+def test_a_bad_data_config_is_refused_before_any_stage_reads_it(template_copy: Path, content: dict, message: str):
+    path = template_copy / "params" / "data.yaml"
+    kept = path.read_text()
+    path.write_text(yaml.safe_dump({**yaml.safe_load(kept), **content}, sort_keys=False))
+    before = _tree_digest(template_copy)
+    try:
+        for stage in ("02", "04"):
+            with pytest.raises(StagebookError) as refused:
+                run_stage(stage, [], root=template_copy, track=False)
+            assert message in str(refused.value) and "\n" not in str(refused.value)
         assert _tree_digest(template_copy) == before
     finally:
         path.write_text(kept)

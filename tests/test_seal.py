@@ -151,3 +151,31 @@ def test_a_bad_read_budget_in_the_project_page_is_named(sealed: Path, value):
     (sealed / "project_page.md").write_text(f"---\nproject: x\ntest_reads_per_seal: {value}\n---\n")
     with pytest.raises(StagebookError, match=rf"project_page.md: 'test_reads_per_seal' must be a whole number of at least 1, got {value!r}"):
         reads_per_seal(sealed)
+
+
+def test_reset_before_any_read_clears_split_seal_and_ledger(sealed: Path):
+    from stagebook.seal import reset_split
+    removed = reset_split(sealed)
+    assert set(removed) >= {"data/splits.csv", "data/test.seal.json", "data/test_ledger.jsonl"}
+    assert not (sealed / "data" / "splits.csv").exists() and read_seal(sealed) is None
+    assert reset_split(sealed) == []  # nothing left: still fine
+
+
+def test_reset_after_a_read_is_refused_and_resplit_keeps_old_test_items_out_of_training(sealed: Path):
+    from stagebook.seal import reset_split, resplit
+    SealedTestSet(sealed, reader=SEALED).read("m" * 64)
+    before = (sealed / "data" / "splits.csv").read_bytes()
+    with pytest.raises(StagebookError) as refused:
+        reset_split(sealed)
+    assert "results cannot be unseen" in str(refused.value) and "--resplit" in str(refused.value)
+    assert (sealed / "data" / "splits.csv").read_bytes() == before and read_seal(sealed) is not None
+    old = pd.read_csv(sealed / "data" / "splits.csv", dtype=str, keep_default_na=False)
+    old_test = set(old.path[old.split == "test"])
+    assert resplit(sealed, "Ada", "new labelling guide") == len(old_test)
+    assert Ledger(sealed).entries()[-1]["event"] == "resplit" and Ledger(sealed).verify()[0]
+    result = audit(build_manifest("data/raw", sealed), sealed, 0.01, workers=1, progress=False)
+    kept = pd.read_csv(sealed / "data" / "splits.csv", dtype=str, keep_default_na=False)
+    again = split_assignments(result.items, PROPS, 7, previous=kept)  # a new seed places the rest afresh
+    assert old_test <= set(again.path[again.split == "test"])  # once test, always test
+    with pytest.raises(StagebookError, match="needs --by NAME and --reason TEXT"):
+        resplit(sealed, "", "")

@@ -103,7 +103,7 @@ def test_new_without_the_example_tells_the_user_where_the_data_goes(template: Pa
     assert "data/raw" in pipeline["stages"]["01_data_document"]["deps"]
     assert not (root / "params" / "embed_digits.yaml").exists()
     assert (root / "literature.csv").read_text().count("\n") == 1
-    assert yaml.safe_load((root / "params" / "01_data_document.yaml").read_text())["source"] == "data/raw"
+    assert yaml.safe_load((root / "params" / "data.yaml").read_text())["source"] == "data/raw"
     env = {**os.environ, "PYTHONPATH": str(root / "src")}
     done = subprocess.run(["stagebook", "run", "01_data_document", "--no-track"], cwd=root, capture_output=True,
                           text=True, env=env)

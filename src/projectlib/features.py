@@ -9,17 +9,19 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 from PIL import Image
+from stagebook.dataconfig import DataConfig, load_data_config, to_pixels
 
 
-def load_pixels(items: pd.DataFrame, image_size: int, root: Path = Path(".")) -> np.ndarray:
-    "Grayscale pixels in [0, 1], shape (N, 1, image_size, image_size), from the manifest rows' paths."
+def load_pixels(items: pd.DataFrame, data: DataConfig | None = None, image_size: int | None = None,
+                channels: int | None = None) -> np.ndarray:
+    """Pixels in [0, 1], shape (N, channels, image_size, image_size), read as params/data.yaml says: from the data
+    root, in its channels and size (a saved model's own image_size and channels win, so it sees what it learnt on)."""
+    data = data or load_data_config()
+    size, channels = image_size or data.image_size, channels or data.channels
     def one(path):
-        with Image.open(root / path) as img:
-            img = img.convert("L")
-            if img.size != (image_size, image_size):
-                img = img.resize((image_size, image_size), Image.BILINEAR)
-            return np.asarray(img, dtype=np.float32) / 255.0
-    return np.stack([one(p) for p in items.path])[:, None]
+        with Image.open(data.file(path)) as img:
+            return to_pixels(img, size, channels)
+    return np.stack([one(p) for p in items.path])
 
 
 def class_index(labels, classes: list[str]) -> np.ndarray:

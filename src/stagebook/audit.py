@@ -39,6 +39,7 @@ class Inspection:
     width: int = 0
     height: int = 0
     pixel_sha256: str = ""
+    colour: str = ""                # 'grey' or 'RGB' (an RGB file whose channels are all equal is grey)
     thumb: np.ndarray | None = None  # the 32-px grey thumbnail near-copy search compares
 
 
@@ -102,6 +103,8 @@ def inspect_image(path: str) -> Inspection:
         found.status = "quarantined: smaller than 2x2 pixels"
         return found
     pixels = np.asarray(std.convert("RGB"))
+    found.colour = "grey" if std.mode == "L" or (np.array_equal(pixels[..., 0], pixels[..., 1])
+                                                  and np.array_equal(pixels[..., 1], pixels[..., 2])) else "RGB"
     found.pixel_sha256 = hashlib.sha256(f"{pixels.shape}".encode() + pixels.tobytes()).hexdigest()
     found.thumb = nearcopy.thumbnail(std.convert("L"))
     return found
@@ -213,6 +216,7 @@ def audit(manifest: pd.DataFrame, root: Path, near_threshold="auto", neighbours:
     items["width"] = [f.width for f in found]
     items["height"] = [f.height for f in found]
     items["pixel_sha256"] = [f.pixel_sha256 for f in found]
+    items["colour"] = [f.colour for f in found]
 
     # Items with the same pixels are one image to the near-copy search: one representative each (smallest path).
     ok = items.index[items.status == "ok"]

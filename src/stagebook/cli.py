@@ -14,6 +14,8 @@ def _run(args) -> None:
     result = run_stage(args.stage, args.set or [], track=not args.no_track, log_output=args.log_output,
                        variant_dir=Path(args.variant_dir) if args.variant_dir else None,
                        parent_run_id=args.parent_run, run_name=args.run_name)
+    for line in result.notices:
+        print(f"stagebook: {result.stage.name}: {line}", file=sys.stderr)
     shown = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in sorted(result.metrics.items()))
     print(f"stagebook: {result.stage.name} done{f' (MLflow run {result.run_id})' if result.run_id else ''}: {shown or 'no metrics'}")
 
@@ -103,6 +105,42 @@ def _audit(args) -> None:
         from .iorw import atomic_write_text
         atomic_write_text(Path(args.out), result.items.to_csv(index=False))
         print(f"stagebook: audit table written to {args.out}")
+
+
+def _data_use(args) -> None:
+    from .datause import use_data
+    from .project import find_root
+
+    report = use_data(find_root(), args.path, image_size=args.image_size, channels=args.channels)
+    print("\n".join(report.lines()))
+    print("stagebook: next: `dvc repro` (or `make run`) audits, splits and seals the new data, then trains on it")
+
+
+def _split(args) -> int:
+    from .project import find_root
+    from .seal import reset_split, resplit
+
+    root = find_root()
+    if args.reset:
+        removed = reset_split(root)
+        print(f"stagebook: split reset (nothing was read yet): removed {', '.join(removed) or 'nothing (no split yet)'};"
+              " the next stage-01 run (`dvc repro`) splits and seals afresh")
+        return 0
+    if args.resplit:
+        kept = resplit(root, args.by or "", args.reason or "")
+        print(f"stagebook: re-split logged in the ledger: {kept} old test items stay in test; the next stage-01 run"
+              " places the rest, then `stagebook seal --reason TEXT` seals the new test set")
+        return 0
+    import json
+
+    from .project import data_record
+    from .split import balance_shortfalls, class_balance, load_splits, shortfall_sentence
+    splits = load_splits(root, usable_only=False)
+    policy = data_record(root, "split_policy")
+    proportions = json.loads(policy.read_text())["proportions"] if policy.is_file() else {"train": 0.7, "valid": 0.15, "test": 0.15}
+    print(class_balance(splits, proportions).round(3).to_string(index=False))
+    print(f"stagebook: {shortfall_sentence(balance_shortfalls(splits, proportions))}")
+    return 0
 
 
 def _seal(args) -> None:
@@ -217,6 +255,23 @@ def parser() -> argparse.ArgumentParser:
     audit.add_argument("--workers", type=int, default=0, help="decoding processes (0: all cores)")
     audit.add_argument("--out", help="also write the per-item audit table to this CSV")
     audit.set_defaults(func=_audit)
+
+    data = sub.add_parser("data", help="the project's data: `stagebook data use PATH` (a folder or CSV manifest)")
+    data_sub = data.add_subparsers(dest="data_command", required=True)
+    use = data_sub.add_parser("use", help="point every stage at PATH: validate, infer size and channels, rewrite the"
+                                          " data config and DVC dependencies, remove the example")
+    use.add_argument("path", help="image folder (one sub-folder per class) or CSV manifest with path,label columns")
+    use.add_argument("--image-size", type=int, help="instead of the median side of the images")
+    use.add_argument("--channels", type=int, choices=[1, 3], help="instead of 3 for colour data, 1 for grayscale")
+    use.set_defaults(func=_data_use)
+
+    split = sub.add_parser("split", help="the split's balance per class; --reset before any test read; --resplit after")
+    how = split.add_mutually_exclusive_group()
+    how.add_argument("--reset", action="store_true", help="remove split, seal and ledger (refused once the test was read)")
+    how.add_argument("--resplit", action="store_true", help="re-place all but the old test items (logged; needs --by, --reason)")
+    split.add_argument("--by", help="who decides the re-split (ledger)")
+    split.add_argument("--reason", help="why (ledger)")
+    split.set_defaults(func=_split)
 
     seal = sub.add_parser("seal", help="seal the current test split (hashes of every item, logged in the ledger)")
     seal.add_argument("--reason", default="stagebook seal", help="why, for the ledger")

@@ -8,6 +8,7 @@ import pandas as pd
 
 from .errors import StagebookError
 from .iorw import atomic_write_text
+from .split import shortfall_sentence
 
 START, END = "<!-- stagebook:generated:start -->", "<!-- stagebook:generated:end -->"
 
@@ -48,7 +49,8 @@ def _table(df: pd.DataFrame) -> str:
 def generated_block(splits: pd.DataFrame, summary: dict, balance: pd.DataFrame, leakage: int, seal: dict | None,
                     data_version: str, chart: str | None = None, shown: int = 20,
                     unsealed: dict[str, list[str]] | None = None, self_test: str = "",
-                    cross_split: pd.DataFrame | None = None) -> str:
+                    cross_split: pd.DataFrame | None = None, images: str = "",
+                    shortfalls: pd.DataFrame | None = None) -> str:
     "Markdown for the data document: counts, audit findings, leakage, balance, seal and data version."
     usable = splits[splits.status == "ok"]
     counts = pd.crosstab(usable.label, usable.split).reindex(columns=["train", "valid", "test"], fill_value=0)
@@ -77,6 +79,7 @@ def generated_block(splits: pd.DataFrame, summary: dict, balance: pd.DataFrame, 
                   f"{summary['duplicate_clusters']} duplicate clusters (largest {summary['largest_cluster']} items)",
                   f"{summary['label_conflicts']} label conflicts",
                   f"classes too small to learn: {', '.join(summary['small_classes']) or 'none'}"]) + ".", "",
+              *([f"**Images.** {images[0].upper() + images[1:]}.", ""] if images else []),
               f"**Cross-split leakage.** {leakage} duplicate clusters or groups straddle two splits.", ""]
     if self_test:  # what a leakage figure of 0 is worth: how many planted copies the same search found
         n_cross = 0 if cross_split is None else len(cross_split)
@@ -93,7 +96,13 @@ def generated_block(splits: pd.DataFrame, summary: dict, balance: pd.DataFrame, 
                              .rename(columns={"relabeled_from": "was", "label": "now"})), ""]
     if len(worst):
         lines += [f"**Class balance.** Largest deviation from the target split proportions:"
-                  f" {worst.max_deviation_points.iloc[0]:.1f} points (class {worst.label.iloc[0]}).", ""]
+                  f" {worst.max_deviation_points.iloc[0]:.1f} points (class {worst.label.iloc[0]})"
+                  + (f". **Warning:** {shortfall_sentence(shortfalls)}:" if shortfalls is not None and len(shortfalls)
+                     else "; every class is within 2 points."), ""]
+        if shortfalls is not None and len(shortfalls):
+            lines += [_table(shortfalls.head(shown).rename(columns={"points_off": "points off",
+                                                                     "best_possible": "best possible",
+                                                                     "largest_unit": "largest unit"})), ""]
     lines += [f"### Quarantined ({len(quarantined)})", "",
               _table(quarantined[["path", "status"]].head(shown).rename(columns={"status": "reason"})), ""]
     if len(quarantined) > shown:

@@ -11,7 +11,7 @@ import shutil
 import tempfile
 import threading
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -36,6 +36,7 @@ class RunResult:
     metrics: dict
     lineage: lineage_mod.Lineage
     run_id: str | None
+    notices: list[str] = field(default_factory=list)  # `stage.notice` lines, for the terminal
 
 
 @contextmanager
@@ -65,21 +66,23 @@ def run_stage(ref: str, overrides: list[str] = (), root: Path | None = None, tra
     overridden = parse_overrides(list(overrides), defaults, stage.params_file)
     params = {**defaults, **overridden}
     check_params(stage, params, set(overridden))  # before a kernel starts: one line naming file, key and value
-    lineage = lineage_mod.compute(root, params_hash(params), str(params.get("device", "auto")))
+    data = _data_params(root)  # params/data.yaml, validated too: every stage reads it
+    lineage = lineage_mod.compute(root, params_hash({**params, **data}), str(params.get("device", "auto")))
 
     staging = Path(variant_dir) if variant_dir else root / "reports" / ".staging" / stage.name
     runlock.reap_dead(root)  # runs killed earlier: KILLED in MLflow, their folders removed
     lock = None if variant_dir else runlock.acquire(root, stage.name, staging)  # one run per stage at a time
     try:
         return _run_locked(root, stage, params, lineage, staging, track, log_output, variant_dir, parent_run_id,
-                           run_name)
+                           run_name, data)
     finally:
         if lock is not None:
             runlock.release(lock)
 
 
 def _run_locked(root: Path, stage: Stage, params: dict, lineage, staging: Path, track: bool, log_output: bool,
-                variant_dir: Path | None, parent_run_id: str | None, run_name: str | None) -> RunResult:
+                variant_dir: Path | None, parent_run_id: str | None, run_name: str | None,
+                data: dict | None = None) -> RunResult:
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir(parents=True)
     layout = Staging(staging)
@@ -88,7 +91,7 @@ def _run_locked(root: Path, stage: Stage, params: dict, lineage, staging: Path, 
     tracker = None
     if track:
         from .tracking import Tracker
-        tracker = Tracker(root, stage.name, params, lineage, run_name=run_name, run_dir=staging)
+        tracker = Tracker(root, stage.name, {**params, **(data or {})}, lineage, run_name=run_name, run_dir=staging)
         tracker.start_in_background()  # MLflow's start-up runs in its own process, beside the kernel
         threading.Thread(target=_publish_run_id, args=(tracker, staging), daemon=True).start()
 
@@ -104,6 +107,7 @@ def _run_locked(root: Path, stage: Stage, params: dict, lineage, staging: Path, 
             metrics = _read_json(layout.metrics)
             lineage = _after_run(root, lineage, layout)  # the data and model this run produced or used
             ended = layout.ended.read_text() if layout.ended.is_file() else None
+            notices = layout.notices.read_text(encoding="utf-8").splitlines() if layout.notices.is_file() else []
             if stage.report_template.is_file() and not variant_dir:
                 from .report import render_pdf
                 context = {"stage": stage.name, "params": params, "metrics": metrics, "lineage": lineage.as_dict(),
@@ -131,7 +135,7 @@ def _run_locked(root: Path, stage: Stage, params: dict, lineage, staging: Path, 
             tracker.finish("FINISHED", metrics, files=[executed, layout.metrics],
                            folders=[layout.figures, layout.tables], run_dir=staging, parent_run_id=parent_run_id,
                            tags=_final_tags(lineage, ended))
-        return RunResult(stage, params, metrics, lineage, run_id)
+        return RunResult(stage, params, metrics, lineage, run_id, notices)
     _promote(stage, layout, metrics, lineage, root)
     if tracker is not None:
         tracker.finish("FINISHED", metrics, files=[stage.executed_notebook, stage.metrics_file, stage.headline_file,
@@ -139,7 +143,7 @@ def _run_locked(root: Path, stage: Stage, params: dict, lineage, staging: Path, 
                        folders=[stage.artifacts_dir / "figures", stage.artifacts_dir / "tables"], run_dir=staging,
                        parent_run_id=parent_run_id, tags=_final_tags(lineage, ended))
     shutil.rmtree(staging, ignore_errors=True)
-    return RunResult(stage, params, metrics, lineage, run_id)
+    return RunResult(stage, params, metrics, lineage, run_id, notices)
 
 
 def _after_run(root: Path, lineage: lineage_mod.Lineage, layout: Staging) -> lineage_mod.Lineage:
@@ -161,6 +165,15 @@ def check_params(stage: Stage, params: dict, overridden: set[str] = frozenset())
     schema = load_schema(stage.params_file)
     if schema is not None:
         validate(params, schema, stage.params_file.relative_to(stage.root), overridden)
+
+
+def _data_params(root: Path) -> dict:
+    "The data config as `data.<key>` params for tracking and the params hash; {} for a project without one."
+    from .dataconfig import data_file, load_data_config
+
+    if not data_file(root).is_file():
+        return {}
+    return {f"data.{k}": v for k, v in load_data_config(root).as_dict().items()}
 
 
 def _publish_run_id(tracker, staging: Path) -> None:

@@ -15,8 +15,9 @@ REQUIRED = ("citation", "approach", "dataset", "metric", "value", "compute", "fe
 BOUNDED = {"accuracy", "f1", "precision", "recall", "auc", "top1", "top5", "map"}  # metrics that live in [0, 1]
 
 
-def load_literature(path: Path | str) -> pd.DataFrame:
-    "The validated notes; every problem is a one-line error naming the file, the row and the fix."
+def load_literature(path: Path | str, allow_empty: bool = False) -> pd.DataFrame:
+    """The validated notes; every problem is a one-line error naming the file, the row and the fix. `allow_empty`:
+    a header with no rows yet (a new project) gives an empty table instead of an error."""
     path = Path(path)
     if not path.is_file():
         raise StagebookError(f"{path}: literature file missing; create it with the header {','.join(REQUIRED)}.")
@@ -29,6 +30,8 @@ def load_literature(path: Path | str) -> pd.DataFrame:
     missing = [c for c in REQUIRED if c not in notes.columns]
     if missing:
         raise StagebookError(f"{path}: missing column(s) {missing}; the header must include {','.join(REQUIRED)}.")
+    if notes.empty and allow_empty:
+        return notes.assign(value=pd.Series(dtype=float))
     if notes.empty:
         raise StagebookError(f"{path}: no rows; add at least one reported result (or our own baseline as a start).")
     for column in ("citation", "approach", "metric"):

@@ -1,8 +1,9 @@
 """The manifest: one row per item (path, label, group, source, annotator) from an image folder or a CSV.
 
 A folder holds one sub-folder per class; a CSV has `path,label` and optionally `group`, `source` and `annotator`,
-with paths relative to the CSV's own folder. Paths in the manifest are relative to the project root when the files
-lie inside it, so the manifest is portable. The audit adds what decoding the files tells.
+with paths relative to the CSV's own folder. Paths in the manifest are relative to the data root (`root` in
+params/data.yaml), so moving the data folder, or cloning the project elsewhere, breaks nothing; an item outside the
+root is refused. The audit adds what decoding the files tells.
 """
 from __future__ import annotations
 
@@ -51,17 +52,27 @@ def _from_csv(csv: Path) -> pd.DataFrame:
     return pd.DataFrame({"path": paths, "label": table.label.str.strip(), **optional})
 
 
-def build_manifest(source: Path | str, root: Path) -> pd.DataFrame:
-    "Read a folder-per-class tree or a CSV into rows of path, label, group, source, annotator (paths from `root`)."
+def build_manifest(source: Path | str, root: Path, data_root: Path | str | None = None) -> pd.DataFrame:
+    """Read a folder-per-class tree or a CSV into rows of path, label, group, source, annotator. `source` and
+    `data_root` are relative to the project `root`; paths come out relative to `data_root`, and an item outside it is
+    refused. Without `data_root`, paths are relative to `root` when inside it and absolute otherwise."""
+    where = source
     source = (root / source).resolve()
     if source.is_dir():
         items = _from_folder(source)
     elif source.is_file() and source.suffix.lower() == ".csv":
         items = _from_csv(source)
     else:
-        raise StagebookError(f"{source}: not found; set `source` in params/01_data_document.yaml to an image folder"
-                             " (one sub-folder per class) or a CSV manifest with path,label columns.")
-    root = root.resolve()
-    items["path"] = [Path(p).relative_to(root).as_posix() if Path(p).is_relative_to(root) else Path(p).as_posix()
-                     for p in items.path]
+        raise StagebookError(f"{where}: not found; point `source` in params/data.yaml at an image folder (one"
+                             " sub-folder per class) or a CSV manifest with path,label columns (`stagebook data use PATH`).")
+    if data_root is None:  # a look at any source (`stagebook audit`): project-relative inside it, absolute outside
+        items["path"] = [Path(p).relative_to(root.resolve()).as_posix() if Path(p).is_relative_to(root.resolve())
+                         else Path(p).as_posix() for p in items.path]
+        return items[COLUMNS].sort_values("path", ignore_index=True)
+    base = (root / data_root).resolve()
+    outside = [Path(p) for p in items.path if not Path(p).resolve().is_relative_to(base)]
+    if outside:
+        raise StagebookError(f"{outside[0]}: lies outside the data root {base} ({len(outside)} item(s) do); set `root`"
+                             " in params/data.yaml to a folder that holds every item, or move the files under it.")
+    items["path"] = [Path(p).resolve().relative_to(base).as_posix() for p in items.path]
     return items[COLUMNS].sort_values("path", ignore_index=True)

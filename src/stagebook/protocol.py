@@ -42,6 +42,9 @@ class Staging:
     def ended(self) -> Path: return self.dir / "ended.txt"  # why the notebook ended early, successfully
 
     @property
+    def notices(self) -> Path: return self.dir / "notices.txt"  # lines the runner repeats at the terminal
+
+    @property
     def children(self) -> Path: return self.dir / "children"  # nested runs, one folder each
 
     @property

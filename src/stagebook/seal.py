@@ -1,6 +1,7 @@
 """The sealed test set: its identity committed in a small seal file, every read logged in a hash-chained ledger.
 
-- `write_seal` records the sha256 and label of every usable test item, and one hash over the whole list.
+- `write_seal` records the sha256 and label of every usable test item (by its path relative to the data root), and
+  one hash over the whole list.
 - `SealedTestSet.read` serves the test items only inside the sealed-test stage's run, after re-hashing every file
   against the seal; any changed, vanished or added item stops it with the list of names.
 - The ledger (`data/test_ledger.jsonl`) appends one line per seal, read, result and reuse; each line carries the
@@ -23,6 +24,7 @@ import pandas as pd
 
 from .errors import StagebookError
 from .iorw import atomic_write_text
+from .dataconfig import data_root
 from .lineage import file_sha256
 from .project import data_record, settings
 from .split import load_splits
@@ -81,8 +83,9 @@ def differences(root: Path, seal: dict, splits: pd.DataFrame) -> dict[str, list[
     rows = test_rows(splits)
     current = dict(zip(rows.path, rows.label.astype(str)))
     changed, vanished = [], []
+    base = data_root(root)  # sealed paths are relative to the data root: moving the data folder breaks nothing
     for path, expected in sorted(seal["items"].items()):
-        file = root / path
+        file = base / path
         if not file.is_file():
             vanished.append(path)
         elif file_sha256(file) != expected["sha256"]:
@@ -93,6 +96,32 @@ def differences(root: Path, seal: dict, splits: pd.DataFrame) -> dict[str, list[
             changed.append(path)
     added = sorted(set(current) - set(seal["items"]))
     return {"changed": changed, "vanished": vanished, "added": added}
+
+
+def rebase_paths(root: Path, prefix: str, stage: str = "", commit: str = "") -> int:
+    """Rewrite a split manifest and seal that name items by project-relative paths under `prefix` (the data root, as
+    written before paths were relative to it) to data-root-relative ones; the seal's new list hash is logged as a
+    `rebase` of the old one, so the read budget and past reads carry over. Returns the rows rewritten (0: nothing to do)."""
+    head = prefix.rstrip("/") + "/"
+    if head in ("./", "/"):
+        return 0
+    splits_file = root / settings(root)["splits_file"]
+    if not splits_file.is_file():
+        return 0
+    table = pd.read_csv(splits_file, dtype=str, keep_default_na=False)
+    under = table.path.str.startswith(head)
+    if not under.any():
+        return 0
+    table.loc[under, "path"] = table.path[under].str[len(head):]
+    atomic_write_text(splits_file, table.to_csv(index=False))
+    seal = read_seal(root)
+    if seal is not None and any(p.startswith(head) for p in seal["items"]):
+        items = {(p[len(head):] if p.startswith(head) else p): v for p, v in seal["items"].items()}
+        new = {**seal, "items": items, "list_hash": _list_hash(items)}
+        atomic_write_text(seal_path(root), json.dumps(new, indent=1, sort_keys=True) + "\n")
+        Ledger(root, stage, commit).append("rebase", {"from_list_hash": seal["list_hash"], "list_hash": new["list_hash"],
+                                                      "stripped": head, "count": len(items)})
+    return int(under.sum())
 
 
 def _now() -> str:
@@ -202,8 +231,11 @@ class SealedTestSet:
     def models_read(self, list_hash: str) -> list[str]:
         "The distinct models that read the test items under this seal, in the order they first did."
         seen: list[str] = []
-        for entry in self.ledger.entries():
-            if entry.get("event") == "read" and entry.get("detail", {}).get("list_hash") == list_hash \
+        entries = self.ledger.entries()
+        same = {list_hash} | {e["detail"].get("from_list_hash") for e in entries  # the seal under its older paths
+                              if e.get("event") == "rebase" and e.get("detail", {}).get("list_hash") == list_hash}
+        for entry in entries:
+            if entry.get("event") == "read" and entry.get("detail", {}).get("list_hash") in same \
                     and entry.get("model_sha256") not in seen:
                 seen.append(entry["model_sha256"])
         return seen
@@ -255,3 +287,57 @@ class SealedTestSet:
                                       "predictions": file.relative_to(self.root).as_posix(),
                                       "predictions_sha256": file_sha256(file)}, model_sha256)
         return file
+
+
+LOOKED = ("read", "result", "reuse")  # ledger events that mean someone has seen test results
+
+
+def test_reads(root: Path) -> list[dict]:
+    "Ledger entries in which the test split was read or its results used."
+    return [e for e in Ledger(root).entries() if e.get("event") in LOOKED]
+
+
+def reset_split(root: Path) -> list[str]:
+    """Start the split over: remove the split manifest, its policy, the seal, the ledger, test results and the
+    submission, while nobody has read the test split (a seal nobody has looked behind is still blank). After a read
+    it refuses: results cannot be unseen; `resplit` is the recorded way. Returns the files removed."""
+    reads = test_reads(root)
+    if reads:
+        first = reads[0]
+        raise StagebookError(
+            f"stagebook split --reset: refused: the sealed test split was read {len(reads)} time(s) (first: ledger line"
+            f" {first['seq']}, {first['time']}), and results cannot be unseen. A deliberate re-split is a new seal:"
+            " `stagebook split --resplit --by NAME --reason TEXT` keeps every old test item in test (out of training),"
+            " places the rest afresh at the next stage-01 run, and logs it in the ledger.")
+    removed = []
+    for path in [root / settings(root)["splits_file"], *(data_record(root, n) for n in
+                                                         ("split_policy", "seal", "ledger", "test_results", "submission"))]:
+        if path.is_dir():
+            import shutil
+            shutil.rmtree(path)
+        elif path.is_file():
+            path.unlink()
+        else:
+            continue
+        removed.append(path.relative_to(root).as_posix())
+    return removed
+
+
+def resplit(root: Path, by: str, reason: str) -> int:
+    """Re-place every item except the old test items, which stay in test (so never in training): the split manifest
+    keeps only test rows, the next stage-01 run places the rest, and `stagebook seal` then seals the new test set.
+    Logged in the ledger with who and why. Returns the test items kept."""
+    if not by.strip() or not reason.strip():
+        raise StagebookError("stagebook split --resplit: needs --by NAME and --reason TEXT; both go in the ledger.")
+    splits_file = root / settings(root)["splits_file"]
+    if not splits_file.is_file():
+        raise StagebookError(f"{splits_file}: no split yet; run stage 01 first (nothing to re-split).")
+    table = pd.read_csv(splits_file, dtype=str, keep_default_na=False)
+    kept = table[table.split == "test"]
+    atomic_write_text(splits_file, kept.to_csv(index=False))
+    policy = data_record(root, "split_policy")
+    if policy.is_file():
+        policy.unlink()  # the new placement may use new proportions or seed
+    Ledger(root, "stagebook split", "").append("resplit", {"by": by, "reason": reason, "test_items_kept": len(kept),
+                                                            "items_replaced": len(table) - len(kept)})
+    return len(kept)

@@ -147,6 +147,17 @@ def end(reason: str) -> None:
     raise StageEnded(reason)
 
 
+def notice(text: str) -> None:
+    """Something the person who ran the stage must see (a split that misses its targets, say): printed here, and
+    repeated by `stagebook run` at the terminal after the run, whatever the notebook's output shows."""
+    line = " ".join(str(text).split())
+    print(f"stagebook: {line}")
+    staging = context().staging
+    if staging is not None and staging.dir.is_dir():
+        with open(staging.notices, "a", encoding="utf-8") as fh:
+            fh.write(line + "\n")
+
+
 def log_metric(key: str, value) -> None:
     log_metrics({key: value})
 

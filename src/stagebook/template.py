@@ -160,25 +160,19 @@ def set_repo_url(root: Path, url: str) -> None:
 
 def _remove_example(dest: Path) -> None:
     "example none: no digits stage, data, literature rows or relabels; stage 01 reads data/raw, which the team fills."
-    pipeline = dest / "dvc.yaml"
-    text = pipeline.read_text(encoding="utf-8")
-    text = re.sub(r"^vars:\n(?:  - .*\n)+\n?", "", text, flags=re.M)
-    text = re.sub(r"^  embed_digits:\n(?:(?:    .*)?\n)+?(?=  \S)", "", text, flags=re.M)
-    text = text.replace("data/raw/digits", "data/raw")
-    pipeline.write_text(text, encoding="utf-8")
-    (dest / "params" / "embed_digits.yaml").unlink(missing_ok=True)
-    params = dest / "params" / "01_data_document.yaml"
-    params.write_text(params.read_text(encoding="utf-8").replace("source: data/raw/digits", "source: data/raw"),
-                      encoding="utf-8")
-    for table in ("literature.csv", "data/relabels.csv"):
-        path = dest / table
-        if path.is_file():
-            path.write_text(path.read_text(encoding="utf-8").splitlines()[0] + "\n", encoding="utf-8")
+    from .datause import EXAMPLE_SOURCE, empty_example_tables, remove_example_stage, set_data_dependencies
+
+    remove_example_stage(dest)
+    set_data_dependencies(dest, [EXAMPLE_SOURCE], ["data/raw"])
+    data = dest / "params" / "data.yaml"
+    data.write_text(data.read_text(encoding="utf-8").replace(f"source: {EXAMPLE_SOURCE}", "source: data/raw")
+                    .replace(f"root: {EXAMPLE_SOURCE}", "root: data/raw"), encoding="utf-8")
+    empty_example_tables(dest)
     raw = dest / "data" / "raw"
     raw.mkdir(parents=True, exist_ok=True)
     (raw / "README.md").write_text(
-        "Put your images here, one sub-folder per class (data/raw/cat/001.png, data/raw/dog/002.jpg, ...),\n"
-        "or point `source` in params/01_data_document.yaml at a CSV manifest with path,label columns.\n",
+        "Put your images here, one sub-folder per class (data/raw/cat/001.png, data/raw/dog/002.jpg, ...), then run\n"
+        "`stagebook data use data/raw`; or run `stagebook data use` on a folder or CSV manifest elsewhere.\n",
         encoding="utf-8")
 
 
@@ -282,10 +276,9 @@ def configure_git(root: Path) -> None:
 def project_readme(answers: Answers) -> str:
     "The new project's README: what to do first."
     first = ("`make run` runs the whole pipeline on the digits example and writes the PDFs under `reports/`; then"
-             " replace the digits with your data (below)." if answers.example == "digits" else
-             "Put your images in `data/raw/` (one sub-folder per class) or point `source` in"
-             " `params/01_data_document.yaml` at a CSV manifest with `path,label` columns; `make run` says so in one"
-             " line until you do.")
+             " replace the digits with your data: `stagebook data use PATH` (a folder or CSV manifest)." if answers.example == "digits" else
+             "Put your images in `data/raw/` (one sub-folder per class), or anywhere, and run `stagebook data use PATH`"
+             " (a folder or a CSV manifest with `path,label` columns); `make run` says so in one line until you do.")
     badges = ""
     match = re.match(r"(?:https://github\.com/|git@github\.com:)([^/]+/[^/]+?)(?:\.git)?/?$", answers.repo_url)
     if match:
