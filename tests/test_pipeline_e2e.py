@@ -481,9 +481,10 @@ def test_new_data_moves_no_item_and_new_test_items_need_an_explicit_seal(evaluat
 
 def test_a_changed_byte_in_a_sealed_image_stops_stage_06_with_its_name(project: Path):
     victim = sorted(json.loads((project / "data/test.seal.json").read_text())["items"])[0]
-    data = bytearray((project / victim).read_bytes())
+    file = project / "data/raw/digits" / victim  # sealed paths are relative to the data root
+    data = bytearray(file.read_bytes())
     data[-6] ^= 0x01
-    (project / victim).write_bytes(bytes(data))
+    file.write_bytes(bytes(data))
     done = _stagebook(project, "run", "06", "--no-track")
     assert done.returncode == 1 and f"changed 1: {victim}" in done.stderr and "Traceback" not in done.stderr
 
@@ -491,7 +492,9 @@ def test_a_changed_byte_in_a_sealed_image_stops_stage_06_with_its_name(project: 
 def test_a_bad_manifest_stops_stage_01_in_one_line_and_loses_nothing(project: Path):
     splits, doc = (project / "data/splits.csv").read_bytes(), (project / "data_doc.md").read_bytes()
     (project / "data/list.csv").write_text("path,label\nraw/digits/0/digit_0000.png,0\nraw/digits/0/nope.png,0\n")
-    done = _stagebook(project, "run", "01", "--set", "source=data/list.csv")
+    config = project / "params/data.yaml"
+    config.write_text(config.read_text().replace("source: data/raw/digits", "source: data/list.csv"))
+    done = _stagebook(project, "run", "01")
     assert done.returncode == 1 and "Traceback" not in done.stderr
     assert "list.csv: row 3 names 'raw/digits/0/nope.png', which does not exist" in done.stderr
     assert (project / "data/splits.csv").read_bytes() == splits and (project / "data_doc.md").read_bytes() == doc

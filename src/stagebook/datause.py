@@ -165,8 +165,15 @@ def mark_example_answers(doc: Path) -> list[str]:
 
 def clear_example_records(project: Path) -> list[str]:
     "The example's split, seal, ledger, test results and submission: records of the digits, not of the team's data."
+    from .submission import read_submission, write_placeholder
+
     removed = []
+    if read_submission(project) is not None:
+        write_placeholder(project)
+        removed.append("the submission (back to the placeholder)")
     for name in DATA_RECORDS:
+        if name == "submission":
+            continue
         path = data_record(project, name)
         if path.is_dir():
             shutil.rmtree(path)

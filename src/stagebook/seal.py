@@ -298,8 +298,8 @@ def test_reads(root: Path) -> list[dict]:
 
 
 def reset_split(root: Path) -> list[str]:
-    """Start the split over: remove the split manifest, its policy, the seal, the ledger, test results and the
-    submission, while nobody has read the test split (a seal nobody has looked behind is still blank). After a read
+    """Start the split over: remove the split manifest, its policy, the seal, the ledger and test results, and
+    withdraw the submission, while nobody has read the test split (a seal nobody has looked behind is still blank). After a read
     it refuses: results cannot be unseen; `resplit` is the recorded way. Returns the files removed."""
     reads = test_reads(root)
     if reads:
@@ -309,9 +309,14 @@ def reset_split(root: Path) -> list[str]:
             f" {first['seq']}, {first['time']}), and results cannot be unseen. A deliberate re-split is a new seal:"
             " `stagebook split --resplit --by NAME --reason TEXT` keeps every old test item in test (out of training),"
             " places the rest afresh at the next stage-01 run, and logs it in the ledger.")
+    from .submission import read_submission, write_placeholder
+
     removed = []
+    if read_submission(root) is not None:  # a model trained on the old split is no candidate for the new one
+        write_placeholder(root)
+        removed.append("the submission (back to the placeholder)")
     for path in [root / settings(root)["splits_file"], *(data_record(root, n) for n in
-                                                         ("split_policy", "seal", "ledger", "test_results", "submission"))]:
+                                                         ("split_policy", "seal", "ledger", "test_results"))]:
         if path.is_dir():
             import shutil
             shutil.rmtree(path)
