@@ -17,8 +17,10 @@ export PYDEVD_DISABLE_FILE_VALIDATION := 1
 run: setup tex
 	dvc repro
 	@# The sealed test is read only for a model the team submits. The worked example submits stage 04's model when it
-	@# beats the stage-02 bar on validation (stagebook refuses it otherwise), then lets DVC evaluate it.
-	@if stagebook submit --by "make run" --reason "the worked example's model"; then dvc repro; \
+	@# beats the stage-02 bar on validation (stagebook refuses it otherwise), lets DVC evaluate it, then registers it and
+	@# makes it champion if the gate lets it (`stagebook promote`).
+	@if stagebook submit --by "make run" --reason "the worked example's model"; then dvc repro && \
+	  (stagebook promote || echo "stagebook: not promoted (see above): the champion stays"); \
 	else echo "stagebook: no model submitted (see above); reports/06_sealed_test.pdf says why"; fi
 	@echo "stagebook: done. PDFs: $$(ls reports/*.pdf | tr '\n' ' ')| runs: make mlflow-ui | notebooks: make lab"
 

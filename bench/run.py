@@ -19,6 +19,8 @@ template: `stagebook new` (copier render, package rename, toolkit wheel, nbdev e
           fresh interpreter, against a bare statement there (target: under 50 ms).
 neardup:  planted near copies (bench/neardup.py): recall per transform family, merged and largest clusters, at
           16-128 px on digits and photo tiles, beside imagededup PHash; 20,000 images against imagededup PHash and CNN.
+predict:  prediction latency (bench/predict.py): a direct model call, the predictor behind `stagebook predict`, and
+          HTTP to `stagebook serve`, p50/p95 at batch 1 and 64 (reported, no target).
 split:    sticky split of 1,000,000 manifest rows with groups and duplicate clusters (target: under 5 s), against
           pandas reading the same rows from CSV; then the re-split after 10% more rows arrive.
 """
@@ -346,8 +348,8 @@ def bench_template(repeats: int) -> list[dict]:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--only", default="train,stage04,pipeline,audit,split,template,neardup",
-                    help="comma-separated: train, stage04, pipeline, audit, split, template, neardup")
+    ap.add_argument("--only", default="train,stage04,pipeline,audit,split,template,neardup,predict",
+                    help="comma-separated: train, stage04, pipeline, audit, split, template, neardup, predict")
     ap.add_argument("--repeats", type=int, default=5, help="alternating repetitions of each timed command")
     args = ap.parse_args()
     chosen = set(args.only.split(","))
@@ -364,6 +366,11 @@ def main() -> None:
         sys.path.insert(0, str(Path(__file__).parent))
         from neardup import bench_neardup
         results += bench_neardup()
+    if "predict" in chosen:
+        sys.path.insert(0, str(Path(__file__).parent))
+        from predict import bench_predict
+        print("\nprediction latency (interleaved repeats)")
+        results += bench_predict()
     if "pipeline" in chosen:
         results += bench_pipeline(args.repeats)
     if "template" in chosen:

@@ -1,6 +1,7 @@
 """Error-analysis functions: per-class scores, confusions, slices, the relabel queue and Grad-CAM."""
 import numpy as np
 import pandas as pd
+import pytest
 import torch
 from torch import nn
 
@@ -62,3 +63,32 @@ def test_grad_cam_points_at_the_pixels_that_decide():
         cam = analysis.grad_cam(model, layer, x, np.array([target, target]))
         assert cam.shape == (2, 8, 8) and cam.max() <= 1 + 1e-6 and cam.min() >= 0
         assert cam[:, :, lit].mean() > 0.3 and cam[:, :, dark].max() < 1e-6
+
+
+@pytest.mark.parametrize("n", [2, 12, 60, 100])
+def test_class_figures_stay_readable_from_2_to_100_classes(n: int):
+    "At most 30 classes drawn, every text at 7 pt or more, no two tick labels alike, a note when classes are left out."
+    import matplotlib
+    matplotlib.use("Agg")
+    from matplotlib.text import Text
+
+    from stagebook.analysis import MAX_SHOWN, confusion_figure, per_class, per_class_figure, split_balance_figure
+
+    rng = np.random.default_rng(n)
+    classes = [f"species_{i:03d}_field_sample" for i in range(n)]
+    y = rng.integers(n, size=40 * n)
+    pred = np.where(rng.random(len(y)) < 0.8, y, rng.integers(n, size=len(y)))
+    counts = pd.DataFrame({"train": rng.integers(50, 99, n), "valid": rng.integers(5, 20, n),
+                           "test": rng.integers(5, 20, n)}, index=classes)
+    for fig in (confusion_figure(y, pred, classes, "cm"), per_class_figure(per_class(y, pred, classes)),
+                split_balance_figure(counts)):
+        fig.canvas.draw()
+        ax = fig.axes[0]
+        ticks = [t.get_text() for t in (ax.get_yticklabels() if n > 12 or ax.get_ylabel() == "actual"
+                                        else ax.get_xticklabels())]
+        assert len(ticks) <= max(MAX_SHOWN, 12) and len(set(ticks)) == len(ticks)
+        assert all(len(t) <= 14 for t in ticks)
+        sizes = [t.get_fontsize() for t in fig.findobj(Text) if t.get_visible() and t.get_text().strip()]
+        assert min(sizes) >= 7
+        assert (f"of {n} classes" in ax.get_title()) == (n > MAX_SHOWN)
+        assert fig.get_size_inches()[0] <= 7.0  # fits the page at 7 pt without shrinking

@@ -120,15 +120,20 @@ def _ledger(root: Path) -> list[dict]:
 
 @pytest.fixture(scope="module")
 def evaluated(pipeline: Path, tmp_path_factory) -> Path:
-    """The run pipeline after a submission: a first `stagebook submit` is refused (on 30 validation items every
-    classical baseline scores 1.0, a bar the CNN cannot pass); with input-independent baselines only, stage 04's model
+    """The run pipeline after a submission: a first `stagebook submit` is refused when the CNN does not beat the bar
+    (on 30 validation items a classical baseline usually scores 1.0); with input-independent baselines only, stage 04's model
     beats the bar, is submitted, and `dvc repro` evaluates it on the sealed test."""
     root = _copy(pipeline, tmp_path_factory.mktemp("evaluated") / "project")
     saved = os.environ.get("PYTHONPATH")
     os.environ["PYTHONPATH"] = str(root / "src")
     try:
-        refused = _stagebook(root, "submit", "--by", "e2e", "--reason", "too early")
-        assert refused.returncode == 1 and "does not beat the stage-02 bar 1.0000" in refused.stderr, refused.stderr
+        tuned = json.loads((root / "metrics/04_tuning.json").read_text())
+        first = _stagebook(root, "submit", "--by", "e2e", "--reason", "too early")
+        bar = tuned["best_baseline_valid_accuracy"]
+        if tuned["valid_accuracy"] <= bar:  # the usual case on 30 validation items: a classical baseline scores 1.0
+            assert first.returncode == 1 and f"does not beat the stage-02 bar {bar:.4f}" in first.stderr, first.stderr
+        else:
+            assert first.returncode == 0, first.stderr
         _set_params(root, "02_baseline", models=["majority_class", "class_prior"])
         _set_params(root, "04_tuning", phases=["sanity", "one_batch", "regularise"])  # quicker: no finder, no search
         git(root, "commit", "-qam", "input-independent baselines only")
@@ -151,7 +156,9 @@ def evaluated_copy(evaluated: Path, tmp_path: Path, monkeypatch) -> Path:
 
 
 def test_a_submitted_model_is_evaluated_once_and_its_identity_chains_back_to_stage_04(evaluated: Path):
-    assert [e["event"] for e in _ledger(evaluated)] == ["seal", "refused", "submit", "read", "result"]
+    events = [e["event"] for e in _ledger(evaluated)]  # the first submit: refused below the bar, or accepted
+    assert events[0] == "seal" and events[-3:] == ["submit", "read", "result"]  # one read, for the model submitted
+    assert events[1:-3] in ([], ["refused"], ["submit"])  # (the same bytes submitted twice are one submission)
     metrics = json.loads((evaluated / "metrics/06_sealed_test.json").read_text())
     assert metrics["evaluated"] == 1 and metrics["model_rank"] == 1 and metrics["read_budget"] == 5
     lineage = {p.stem: json.loads(p.read_text()) for p in (evaluated / "lineage").glob("*.json")}
@@ -183,6 +190,37 @@ def test_rerunning_the_sealed_stage_reuses_the_result_and_dvc_exp_run_never_read
     assert again.returncode == 0, again.stderr
     assert [e["event"] for e in _ledger(root)][-1] == "reuse"
     assert json.loads((root / "metrics/06_sealed_test.json").read_text())["reused_result"] == 1
+
+
+def test_promote_gate_predict_and_serve_follow_the_champion(evaluated_copy: Path):
+    "First champion by the targets; a worse challenger refused by the gate with its numbers; an override recorded."
+    root = evaluated_copy
+    page = root / "project_page.md"
+    page.write_text(re.sub(r"(?m)^target: .*$", "target: 0.5", page.read_text()))  # a small test set, a modest bar
+    first = _stagebook(root, "promote")
+    assert first.returncode == 0 and "first champion: test accuracy" in first.stdout and "version 1 is the champion" in first.stdout, first.stdout + first.stderr
+    images = sorted((root / "data/raw/digits/3").glob("*.png"))[:3]
+    answered = _stagebook(root, "predict", *map(str, images), "--out", "p.json")
+    assert answered.returncode == 0, answered.stderr
+    answers = json.loads((root / "p.json").read_text())
+    commit = json.loads((root / "lineage/04_tuning.json").read_text())["code_commit"]
+    assert [a["model_version"] for a in answers] == [1, 1, 1] and answers[0]["code_commit"] == commit
+    # a worse challenger: three epochs (enough to beat the input-independent bar, short of the champion's ten),
+    # submitted, evaluated (a second test read), then judged; "ci_low > 0" refuses an equal one too
+    _set_params(root, "04_tuning", epochs=3)
+    git(root, "commit", "-qam", "three epochs")
+    _dvc_repro(root)
+    assert _stagebook(root, "submit", "--by", "e2e", "--reason", "challenger").returncode == 0
+    _dvc_repro(root)
+    judged = _stagebook(root, "promote")
+    assert judged.returncode == 1 and "better: no (ci_low > 0" in judged.stdout, judged.stdout + judged.stderr
+    assert "no slower at batch 1:" in judged.stdout and (root / "reports/gate/v2_refused.pdf").is_file()
+    assert "refused by the gate" in judged.stderr and _ledger(root)[-1]["event"] == "gate_refused"
+    forced = _stagebook(root, "promote", "--override", "--by", "Ada", "--reason", "10x faster on the phone")
+    assert forced.returncode == 0 and "promoted by override: Ada: 10x faster on the phone" in forced.stdout
+    assert _ledger(root)[-1]["detail"]["override_reason"] == "10x faster on the phone"
+    again = _stagebook(root, "predict", str(images[0]), "--out", "p.json")  # the same command, the new champion
+    assert again.returncode == 0 and json.loads((root / "p.json").read_text())[0]["model_version"] == 2
 
 
 def _pdf_text(pdf: Path) -> str:

@@ -8,7 +8,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from stagebook import training, zoo
+from stagebook import training
+from stagebook.predictor import load_checkpoint
 from torch import nn
 
 
@@ -22,13 +23,8 @@ def save_model(model: nn.Module, path: Path, meta: dict) -> None:
 
 
 def load_model(path: Path) -> tuple[nn.Module, dict]:
-    "The saved model in eval mode, and its meta."
-    saved = torch.load(path, map_location="cpu", weights_only=True)
-    meta = saved["meta"]
-    model = zoo.build(meta.get("arch", "small_cnn"), len(meta["classes"]), meta.get("channels", 1), meta["width"],
-                      meta.get("dropout", 0.0))
-    model.load_state_dict(saved["state_dict"])
-    return model.eval(), meta
+    "The saved model in eval mode, and its meta (the same loader `stagebook predict` and `serve` use)."
+    return load_checkpoint(path)
 
 
 def predict_proba(model: nn.Module, pixels: np.ndarray, batch_size: int = 512) -> np.ndarray:

@@ -143,6 +143,52 @@ def _split(args) -> int:
     return 0
 
 
+def _promote(args) -> int:
+    from .project import find_root
+    from .promotion import promote
+
+    decision = promote(find_root(), by=args.by or "", reason=args.reason or "", override=args.override)
+    for line in decision.lines:
+        print(f"stagebook: {line}")
+    before = f" (champion was version {decision.champion_before})" if decision.champion_before else ""
+    if decision.promoted:
+        print(f"stagebook: version {decision.version} is the champion{before}")
+        return 0
+    print(f"stagebook: version {decision.version} is refused by the gate{before}; reports/gate/v{decision.version}"
+          "_refused.pdf has the numbers", file=sys.stderr)
+    return 1
+
+
+def _predict(args) -> int:
+    import json
+
+    from .predictor import Predictor
+    from .project import find_root
+
+    answers = Predictor(find_root(), args.version).predict_paths([Path(p) for p in args.paths])
+    if args.out and args.out.endswith(".json"):
+        Path(args.out).write_text(json.dumps(answers, indent=1) + "\n")
+    else:
+        import pandas as pd
+        table = pd.DataFrame([{k: v for k, v in a.items() if k != "probabilities"} for a in answers])
+        if args.out:
+            table.to_csv(args.out, index=False)
+        else:
+            shown = [c for c in ("input", "label", "confidence", "error", "model_version", "code_commit") if c in table]
+            print(table[shown].assign(code_commit=lambda t: t.code_commit.str[:12]).to_string(index=False))
+    refused = sum("error" in a for a in answers)
+    if refused:
+        print(f"stagebook: {refused} of {len(answers)} file(s) are not usable images (see the error column)", file=sys.stderr)
+    return 0
+
+
+def _serve(args) -> None:
+    from .project import find_root
+    from .serve import serve
+    print(f"stagebook: serving on http://{args.host}:{args.port} (POST /predict, GET /health)", file=sys.stderr)
+    serve(find_root(), args.host, args.port, args.version)
+
+
 def _seal(args) -> None:
     from .data import load_splits
     from .project import find_root
@@ -272,6 +318,22 @@ def parser() -> argparse.ArgumentParser:
     split.add_argument("--by", help="who decides the re-split (ledger)")
     split.add_argument("--reason", help="why (ledger)")
     split.set_defaults(func=_split)
+
+    promote = sub.add_parser("promote", help="register stage 06's model; champion only if better and no slower (the gate)")
+    promote.add_argument("--override", action="store_true", help="promote although the gate refuses (needs --by, --reason)")
+    promote.add_argument("--by", help="who decides (ledger, model version tags)")
+    promote.add_argument("--reason", help="why (ledger, model version tags)")
+    promote.set_defaults(func=_promote)
+    predict = sub.add_parser("predict", help="predict image files or folders with the champion (or --version N)")
+    predict.add_argument("paths", nargs="+", help="image files or folders")
+    predict.add_argument("--version", type=int, help="a registered version instead of the champion")
+    predict.add_argument("--out", help="write CSV (or .json) instead of printing a table")
+    predict.set_defaults(func=_predict)
+    serve = sub.add_parser("serve", help="HTTP predictions (FastAPI + uvicorn): POST /predict, GET /health")
+    serve.add_argument("--host", default="127.0.0.1")
+    serve.add_argument("--port", type=int, default=8000)
+    serve.add_argument("--version", type=int, help="a registered version instead of the champion")
+    serve.set_defaults(func=_serve)
 
     seal = sub.add_parser("seal", help="seal the current test split (hashes of every item, logged in the ledger)")
     seal.add_argument("--reason", default="stagebook seal", help="why, for the ledger")

@@ -22,7 +22,6 @@ from .datadoc import END, START, TO_WRITE
 from .errors import StagebookError
 from .iorw import atomic_write_text
 from .manifest import build_manifest
-from .project import DATA_RECORDS, data_record, settings
 
 EXAMPLE_SOURCE = "data/raw/digits"  # the worked example's embedded images (`stagebook embed-digits`)
 SAMPLE = 400                        # images decoded to infer size and channels
@@ -164,28 +163,10 @@ def mark_example_answers(doc: Path) -> list[str]:
 
 
 def clear_example_records(project: Path) -> list[str]:
-    "The example's split, seal, ledger, test results and submission: records of the digits, not of the team's data."
-    from .submission import read_submission, write_placeholder
+    "The example's split, seal, ledger and test results, and its submission: records of the digits, not of the team's data."
+    from .seal import clear_split_records
 
-    removed = []
-    if read_submission(project) is not None:
-        write_placeholder(project)
-        removed.append("the submission (back to the placeholder)")
-    for name in DATA_RECORDS:
-        if name == "submission":
-            continue
-        path = data_record(project, name)
-        if path.is_dir():
-            shutil.rmtree(path)
-        elif path.is_file():
-            path.unlink()
-        else:
-            continue
-        removed.append(path.relative_to(project).as_posix())
-    splits = project / settings(project)["splits_file"]
-    if splits.is_file():
-        splits.unlink()
-        removed.append(splits.relative_to(project).as_posix())
+    removed = clear_split_records(project)
     return [f"removed the worked example's split records: {', '.join(removed)}"] if removed else []
 
 

@@ -283,6 +283,13 @@ def _local_kernel_manager():
             super().__init__(transport="ipc", ip=str(prefix), **kwargs)
             self._socket_dir = prefix.parent
 
+        async def _async_interrupt_kernel(self) -> None:
+            # jupyter_client sends SIGINT before every shutdown request; an idle kernel then logs "KeyboardInterrupt
+            # caught in kernel" on a successful run. The shutdown request alone stops an idle kernel, and a busy one
+            # is still terminated, then killed, after shutdown_wait_time.
+            if not self.shutting_down:
+                await super()._async_interrupt_kernel()
+
         async def _async_cleanup_resources(self, restart: bool = False) -> None:
             await super()._async_cleanup_resources(restart)
             if not restart:

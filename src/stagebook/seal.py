@@ -298,9 +298,8 @@ def test_reads(root: Path) -> list[dict]:
 
 
 def reset_split(root: Path) -> list[str]:
-    """Start the split over: remove the split manifest, its policy, the seal, the ledger and test results, and
-    withdraw the submission, while nobody has read the test split (a seal nobody has looked behind is still blank). After a read
-    it refuses: results cannot be unseen; `resplit` is the recorded way. Returns the files removed."""
+    """Start the split over (`clear_split_records`) while nobody has read the test split: a seal nobody has looked
+    behind is still blank. After a read it refuses: results cannot be unseen; `resplit` is the recorded way."""
     reads = test_reads(root)
     if reads:
         first = reads[0]
@@ -309,16 +308,23 @@ def reset_split(root: Path) -> list[str]:
             f" {first['seq']}, {first['time']}), and results cannot be unseen. A deliberate re-split is a new seal:"
             " `stagebook split --resplit --by NAME --reason TEXT` keeps every old test item in test (out of training),"
             " places the rest afresh at the next stage-01 run, and logs it in the ledger.")
+    return clear_split_records(root)
+
+
+def clear_split_records(root: Path) -> list[str]:
+    """Remove the split manifest, its policy, the seal, the ledger and test results, and withdraw the submission (a
+    model trained on the old split is no candidate for a new one). No questions asked: callers decide when."""
+    import shutil
+
     from .submission import read_submission, write_placeholder
 
     removed = []
-    if read_submission(root) is not None:  # a model trained on the old split is no candidate for the new one
+    if read_submission(root) is not None:
         write_placeholder(root)
         removed.append("the submission (back to the placeholder)")
     for path in [root / settings(root)["splits_file"], *(data_record(root, n) for n in
                                                          ("split_policy", "seal", "ledger", "test_results"))]:
         if path.is_dir():
-            import shutil
             shutil.rmtree(path)
         elif path.is_file():
             path.unlink()

@@ -127,29 +127,33 @@ def recent_runs(root: Path, per_stage: int = 3):
 EXPERIMENT_TAGS = {"mlflow.experimentKind": "custom_model_development"}
 
 
+def experiment_id(client, root: Path) -> str:
+    "The project's experiment (created the first time, with its artifact root and the tags that open it well)."
+    cfg = settings(root)
+    experiment = client.get_experiment_by_name(cfg["experiment"])
+    if experiment is None:
+        artifacts = (root / cfg["artifact_root"]).resolve().as_uri()
+        return client.create_experiment(cfg["experiment"], artifact_location=artifacts, tags=EXPERIMENT_TAGS)
+    for key, value in EXPERIMENT_TAGS.items():
+        if experiment.tags.get(key) != value:
+            client.set_experiment_tag(experiment.experiment_id, key, value)
+    return experiment.experiment_id
+
+
 def _start(request: dict):
     "Create the experiment (first time) and a RUNNING run tagged with the lineage; log the params."
     from mlflow.entities import Param
     from mlflow.tracking import MlflowClient
 
     root = Path(request["root"])
-    cfg = settings(root)
     client = MlflowClient(tracking_uri(root))
-    experiment = client.get_experiment_by_name(cfg["experiment"])
-    if experiment is None:
-        artifacts = (root / cfg["artifact_root"]).resolve().as_uri()
-        experiment_id = client.create_experiment(cfg["experiment"], artifact_location=artifacts, tags=EXPERIMENT_TAGS)
-    else:
-        experiment_id = experiment.experiment_id
-        for key, value in EXPERIMENT_TAGS.items():
-            if experiment.tags.get(key) != value:
-                client.set_experiment_tag(experiment_id, key, value)
+    exp_id = experiment_id(client, root)
     lineage = Lineage(**request["lineage"])
     tags = {**lineage.as_tags(), "stagebook.stage": request["stage"], "mlflow.source.git.commit": lineage.code_commit,
             "stagebook.pid": str(request.get("pid", "")),  # a run whose process is gone is reaped (stagebook.runlock)
             "stagebook.owner_pid": str(request.get("owner_pid") or request.get("pid", "")),  # ... and its variants
             "mlflow.source.name": f"nbs/{request['stage']}.ipynb"}
-    run = client.create_run(experiment_id, run_name=request.get("run_name") or request["stage"], tags=tags)
+    run = client.create_run(exp_id, run_name=request.get("run_name") or request["stage"], tags=tags)
     params = [Param(k, str(v)[:6000]) for k, v in sorted(request["params"].items())]
     client.log_batch(run.info.run_id, params=params)
     return client, run.info.run_id
