@@ -72,3 +72,14 @@ def test_print_width_widens_a_figure_until_its_text_prints_at_7_pt(tmp_path: Pat
     with pytest.raises(StagebookError, match="would print below 7 pt even at the full text width"):
         print_width(png, 0.5)
     assert print_width(tmp_path / "no_record.png", 0.4) == 0.4  # a figure made elsewhere is printed as asked
+
+
+def test_a_per_class_table_of_many_classes_fits_a_page():
+    import pandas as pd
+
+    from stagebook.report import class_table
+    df = pd.DataFrame({"class": [f"c{i}" for i in range(60)], "f1": [i / 60 for i in range(60)]})
+    text = class_table(df)
+    assert text.count(r"\\") - 2 <= 32 and "c0 " in text and "c59" not in text  # the 30 lowest F1, and a note
+    assert "The 30 of 60 classes with the lowest f1" in text
+    assert "note" not in class_table(df.head(12)) and class_table(df.head(12)).count("c1") >= 1

@@ -69,7 +69,7 @@ def confusion_figure(y: np.ndarray, pred: np.ndarray, classes: list[str], title:
     side = min(6.2, max(3.2, 0.19 * k + 1.6 + 0.05 * max(len(t) for t in labels)))
     fig, ax = plt.subplots(figsize=(side, side))
     ax.imshow(sub, cmap="Blues", vmin=0)
-    rotate = k > 8 or max(len(t) for t in labels) > 3
+    rotate = max(len(t) for t in labels) > 2  # short labels fit side by side even at 30 classes
     ax.set_xticks(range(k), labels, rotation=90 if rotate else 0, fontsize=8)
     ax.set_yticks(range(k), labels, fontsize=8)
     if k <= 15:

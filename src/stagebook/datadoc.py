@@ -69,7 +69,13 @@ def generated_block(splits: pd.DataFrame, summary: dict, balance: pd.DataFrame, 
                   " the ledger; the read budget starts again on the new seal).", ""]
     if chart:
         lines += [f"![Items per class and split]({chart})", ""]
-    lines += [counts.reset_index().rename(columns={"label": "class"}).to_markdown(index=False), "",
+    shown_counts = counts
+    if len(counts) - 1 > 40:  # many classes: the 30 furthest from the target shares, and the total
+        far = balance.sort_values("max_deviation_points", ascending=False, kind="stable").label.head(30)
+        shown_counts = counts.loc[[*far, "total"]]
+    lines += [shown_counts.reset_index().rename(columns={"label": "class"}).to_markdown(index=False), "",
+              *([f"*The 30 of {len(counts) - 1} classes furthest from the target shares; `stagebook split` prints them"
+                 " all.*", ""] if shown_counts is not counts else []),
               "**Audit.** " + "; ".join([
                   f"{summary['items']} items, {summary['usable']} usable, {summary['quarantined']} quarantined"
                   + (f", {len(missing)} no longer present" if len(missing) else ""),

@@ -25,14 +25,18 @@ LOG_KEEP = 5
 
 def load_checkpoint(path: Path):
     "The model saved by stage 04 (weights plus meta: arch, classes, image size, width, channels), in eval mode."
+    import warnings
+
     import torch
 
     from .zoo import build
 
     saved = torch.load(path, map_location="cpu", weights_only=True)
     meta = saved["meta"]
-    model = build(meta.get("arch", "small_cnn"), len(meta["classes"]), meta.get("channels", 1), meta["width"],
-                  meta.get("dropout", 0.0))
+    with warnings.catch_warnings():  # fastai's first import scripts a function with the deprecated torch.jit
+        warnings.simplefilter("ignore", FutureWarning)
+        model = build(meta.get("arch", "small_cnn"), len(meta["classes"]), meta.get("channels", 1), meta["width"],
+                      meta.get("dropout", 0.0))
     model.load_state_dict(saved["state_dict"])
     return model.eval(), meta
 
@@ -103,7 +107,8 @@ class Predictor:
                     pixels.append(to_pixels(img, meta["image_size"], meta.get("channels", 1)))
                 where.append(len(out))
             except (UnidentifiedImageError, OSError, ValueError, SyntaxError, Image.DecompressionBombError) as err:
-                answer["error"] = f"not a usable image ({type(err).__name__}: {str(err).splitlines()[0] if str(err) else 'unreadable'})"
+                text = str(err).split(" <_io.")[0].strip() or "unreadable"  # PIL names the in-memory buffer
+                answer["error"] = f"not a usable image ({type(err).__name__}: {text.splitlines()[0]})"
             out.append(answer)
         if pixels:
             with torch.inference_mode():

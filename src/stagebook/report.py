@@ -63,6 +63,15 @@ def _device_text(lin: dict) -> str:
     return ", ".join([device, *versions, *([f"CUDA {lin['cuda_version']}"] if lin.get("cuda_version") else [])])
 
 
+def class_table(df: pd.DataFrame, worst_by: str = "f1", top: int = 30, where: str = "tables/per_class.csv") -> str:
+    "A per-class table that fits a page: beyond `top` classes, the `top` lowest by `worst_by`, and a note where the rest are."
+    if len(df) <= top:
+        return table(df)
+    shown = df.sort_values([worst_by, df.columns[0]], kind="stable").head(top)
+    return (table(shown) + r"\\[0.3em]" + tex(f"The {top} of {len(df)} classes with the lowest {worst_by}; all of them"
+                                               f" are in {where} of this stage's run."))
+
+
 def table(df: pd.DataFrame, float_format: str = "{:.3f}", wrap: dict[str, str] | None = None) -> str:
     "A booktabs LaTeX table from a DataFrame, text escaped, floats formatted; `wrap` columns (name -> width) wrap."
     shown = df.copy()

@@ -303,8 +303,9 @@ def reset_split(root: Path) -> list[str]:
     reads = test_reads(root)
     if reads:
         first = reads[0]
+        count = sum(e["event"] == "read" for e in reads)
         raise StagebookError(
-            f"stagebook split --reset: refused: the sealed test split was read {len(reads)} time(s) (first: ledger line"
+            f"stagebook split --reset: refused: the sealed test split was read {count} time(s) (first: ledger line"
             f" {first['seq']}, {first['time']}), and results cannot be unseen. A deliberate re-split is a new seal:"
             " `stagebook split --resplit --by NAME --reason TEXT` keeps every old test item in test (out of training),"
             " places the rest afresh at the next stage-01 run, and logs it in the ledger.")
