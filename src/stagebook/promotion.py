@@ -14,7 +14,6 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 
 from . import __version__, gate, registry
@@ -64,21 +63,20 @@ def _targets(root: Path):
 
 
 def _tags(root: Path, sha: str, seal: dict, entry: dict) -> dict:
-    lineage = {}
-    for stage in ("04_tuning", "06_sealed_test"):
+    "The version's tags: what made it (04's lineage), what tested it (06's, when 06's last run used these weights)."
+    def lineage(stage: str) -> dict:
         path = root / "lineage" / f"{stage}.json"
-        if path.is_file():
-            record = json.loads(path.read_text())
-            if record.get("model_sha256") == sha:
-                lineage = {**record, **lineage} if stage == "06_sealed_test" else record
-    metrics_file = root / "metrics" / "06_sealed_test.json"
-    metrics = json.loads(metrics_file.read_text()) if metrics_file.is_file() else {}
-    same = json.loads((root / "lineage" / "06_sealed_test.json").read_text()).get("model_sha256") == sha \
-        if (root / "lineage" / "06_sealed_test.json").is_file() else False
-    tags = {"code_commit": lineage.get("code_commit", ""), "data_version": lineage.get("data_version", ""),
-            "params_hash": lineage.get("params_hash", ""), "seal_hash": seal["list_hash"],
+        record = json.loads(path.read_text()) if path.is_file() else {}
+        return record if record.get("model_sha256") == sha else {}
+
+    made, tested = lineage("04_tuning"), lineage("06_sealed_test")
+    source = made or tested
+    tags = {"code_commit": source.get("code_commit", ""), "data_version": source.get("data_version", ""),
+            "params_hash": source.get("params_hash", ""), "seal_hash": seal["list_hash"],
             "stagebook_version": __version__, "test_accuracy": entry["detail"]["metrics"].get("accuracy", "")}
-    if same:
+    metrics_file = root / "metrics" / "06_sealed_test.json"
+    if tested and metrics_file.is_file():
+        metrics = json.loads(metrics_file.read_text())
         tags.update({k: metrics.get(m, "") for k, m in (("test_ci_low", "test_accuracy_ci_low"),
                                                          ("test_ci_high", "test_accuracy_ci_high"),
                                                          ("latency_ms", "latency_ms"))})
@@ -211,7 +209,3 @@ def _render_refusal(root: Path, pdf: Path, record: dict) -> None:
                               capture_output=True, text=True)
         if done.returncode == 0:
             shutil.copyfile(Path(tmp) / "gate.pdf", pdf)
-
-
-def correctness(predictions: pd.DataFrame) -> np.ndarray:
-    return (predictions.predicted == predictions.label).to_numpy()
