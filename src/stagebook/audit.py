@@ -25,6 +25,7 @@ import pandas as pd
 from PIL import Image, UnidentifiedImageError
 
 from . import calibration, nearcopy
+from .dataconfig import flatten_alpha
 from .errors import StagebookError
 
 Image.MAX_IMAGE_PIXELS = 50_000_000  # a decompression bomb is quarantined, not decoded
@@ -51,10 +52,10 @@ def _to_standard_mode(img: Image.Image) -> tuple[Image.Image, str]:
     if mode == "P":
         rgba = img.convert("RGBA")
         if rgba.getextrema()[3][0] < 255:
-            return _flatten_alpha(rgba), "palette+alpha"
+            return flatten_alpha(rgba), "palette+alpha"
         return rgba.convert("RGB"), "palette"
     if mode in ("RGBA", "LA", "PA", "RGBa", "La"):
-        return _flatten_alpha(img.convert("RGBA")), "alpha"
+        return flatten_alpha(img.convert("RGBA")), "alpha"
     if mode == "CMYK":
         return img.convert("RGB"), "cmyk"
     if mode in ("I;16", "I;16L", "I;16B", "I;16N", "I"):
@@ -66,11 +67,6 @@ def _to_standard_mode(img: Image.Image) -> tuple[Image.Image, str]:
     if mode in ("YCbCr", "LAB", "HSV"):
         return img.convert("RGB"), mode.lower()
     raise ValueError(f"unsupported mode {mode}")
-
-
-def _flatten_alpha(rgba: Image.Image) -> Image.Image:
-    white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-    return Image.alpha_composite(white, rgba).convert("RGB")
 
 
 def inspect_image(path: str) -> Inspection:

@@ -80,6 +80,14 @@ def default_root(project: Path, source: str) -> str:
     return path.parent.as_posix() if path.suffix.lower() == ".csv" else path.as_posix()
 
 
+def flatten_alpha(rgba):
+    "An RGBA image over white, as RGB: what a viewer shows for transparent pixels."
+    from PIL import Image
+
+    white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+    return Image.alpha_composite(white, rgba).convert("RGB")
+
+
 def to_pixels(img, size: int, channels: int) -> np.ndarray:
     "A decoded PIL image as float32 (channels, size, size) in [0, 1]: converted to the configured mode, then resized."
     from PIL import Image
@@ -87,9 +95,7 @@ def to_pixels(img, size: int, channels: int) -> np.ndarray:
     mode = MODES[channels]
     if img.mode != mode:
         if img.mode in ("RGBA", "LA", "P", "PA"):  # transparent pixels read as white, as the audit reads them
-            rgba = img.convert("RGBA")
-            white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-            img = Image.alpha_composite(white, rgba)
+            img = flatten_alpha(img.convert("RGBA"))
         img = img.convert(mode)
     if img.size != (size, size):
         img = img.resize((size, size), Image.BILINEAR)

@@ -14,6 +14,7 @@ START, END = "<!-- stagebook:generated:start -->", "<!-- stagebook:generated:end
 
 
 TO_WRITE = "**To be written by the team.**"
+ANSWER = re.compile(r"(?<![*\w])\*[^*\s][^*]*\*(?!\*)")  # an *italic answer* under a datasheet question
 
 
 def mark_unanswered(text: str) -> str:
@@ -23,7 +24,7 @@ def mark_unanswered(text: str) -> str:
     out = []
     for part in parts:
         body = part.split("\n", 1)[1] if part.startswith("## ") and "\n" in part else ""
-        answered = re.search(r"(?<![*\w])\*[^*\s][^*]*\*(?!\*)", body) or START in part or TO_WRITE in part
+        answered = ANSWER.search(body) or START in part or TO_WRITE in part
         out.append(part if not part.startswith("## ") or answered else part.rstrip("\n") + f"\n{TO_WRITE}\n\n")
     return "".join(out)
 

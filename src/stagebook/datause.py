@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from .dataconfig import DATA_FILE, data_file, load_data_config
-from .datadoc import END, START, TO_WRITE
+from .datadoc import ANSWER, END, START, TO_WRITE
 from .errors import StagebookError
 from .iorw import atomic_write_text
 from .manifest import build_manifest
@@ -152,7 +152,7 @@ def mark_example_answers(doc: Path) -> list[str]:
         return []
     text = doc.read_text(encoding="utf-8")
     head, sep, rest = text.partition(START)
-    marked = re.sub(r"(?<![*\w])\*[^*\s][^*]*\*(?!\*)", TO_WRITE, head)
+    marked = ANSWER.sub(TO_WRITE, head)
     if sep:
         _, _, tail = rest.partition(END)
         rest = "\n*Stage 01 writes the statistics of the new data here.*\n" + END + tail

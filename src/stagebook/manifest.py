@@ -70,9 +70,10 @@ def build_manifest(source: Path | str, root: Path, data_root: Path | str | None 
                          else Path(p).as_posix() for p in items.path]
         return items[COLUMNS].sort_values("path", ignore_index=True)
     base = (root / data_root).resolve()
-    outside = [Path(p) for p in items.path if not Path(p).resolve().is_relative_to(base)]
+    resolved = [Path(p).resolve() for p in items.path]
+    outside = [p for p in resolved if not p.is_relative_to(base)]
     if outside:
         raise StagebookError(f"{outside[0]}: lies outside the data root {base} ({len(outside)} item(s) do); set `root`"
                              " in params/data.yaml to a folder that holds every item, or move the files under it.")
-    items["path"] = [Path(p).resolve().relative_to(base).as_posix() for p in items.path]
+    items["path"] = [p.relative_to(base).as_posix() for p in resolved]
     return items[COLUMNS].sort_values("path", ignore_index=True)

@@ -19,7 +19,7 @@ import pandas as pd
 from . import __version__, gate, registry
 from .errors import StagebookError
 from .lineage import file_sha256
-from .seal import Ledger, read_seal
+from .seal import Ledger, latest_result, read_seal, result_predictions
 from .submission import read_submission
 
 GATE_DIR = Path("reports") / "gate"
@@ -36,16 +36,9 @@ class Decision:
 
 def _result(root: Path, sha: str, list_hash: str) -> tuple[pd.DataFrame, dict] | None:
     "This model's recorded predictions on this seal (checked against their hash) and its result entry, or None."
-    entries = Ledger(root).entries()
-    same = {list_hash} | {e["detail"].get("from_list_hash") for e in entries
-                          if e.get("event") == "rebase" and e["detail"].get("list_hash") == list_hash}
-    for entry in reversed(entries):
-        detail = entry.get("detail", {})
-        if entry.get("event") == "result" and entry.get("model_sha256") == sha and detail.get("list_hash") in same:
-            file = root / detail["predictions"]
-            if file.is_file() and file_sha256(file) == detail["predictions_sha256"]:
-                return pd.read_csv(file, dtype=str, keep_default_na=False), entry
-    return None
+    entry = latest_result(Ledger(root).entries(), sha, list_hash)
+    predictions = None if entry is None else result_predictions(root, entry)
+    return None if predictions is None else (predictions, entry)
 
 
 def _targets(root: Path):

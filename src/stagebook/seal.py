@@ -180,6 +180,27 @@ def reads_per_seal(root: Path) -> int:
     return value
 
 
+def same_seal(entries: list[dict], list_hash: str) -> set[str]:
+    "The list hashes that name this seal: its own, and those it was rebased from (older item paths)."
+    return {list_hash} | {e["detail"].get("from_list_hash") for e in entries
+                          if e.get("event") == "rebase" and e.get("detail", {}).get("list_hash") == list_hash}
+
+
+def latest_result(entries: list[dict], model_sha256: str, list_hash: str) -> dict | None:
+    "The ledger's last `result` entry of this model on this seal, or None."
+    hashes = same_seal(entries, list_hash)
+    return next((e for e in reversed(entries) if e.get("event") == "result" and e.get("model_sha256") == model_sha256
+                 and e.get("detail", {}).get("list_hash") in hashes), None)
+
+
+def result_predictions(root: Path, entry: dict) -> pd.DataFrame | None:
+    "A result entry's recorded predictions, or None when the file is gone or not the bytes the ledger recorded."
+    file = root / entry["detail"]["predictions"]
+    if not file.is_file() or file_sha256(file) != entry["detail"]["predictions_sha256"]:
+        return None
+    return pd.read_csv(file, dtype=str, keep_default_na=False)
+
+
 class SealedTestSet:
     """The test split as the sealed stage may use it: verified against the seal, read at most once per model and by
     at most `budget` models per seal. `reader` is the stage asking (empty for a person at a notebook)."""
@@ -232,8 +253,7 @@ class SealedTestSet:
         "The distinct models that read the test items under this seal, in the order they first did."
         seen: list[str] = []
         entries = self.ledger.entries()
-        same = {list_hash} | {e["detail"].get("from_list_hash") for e in entries  # the seal under its older paths
-                              if e.get("event") == "rebase" and e.get("detail", {}).get("list_hash") == list_hash}
+        same = same_seal(entries, list_hash)  # the seal under its older paths too
         for entry in entries:
             if entry.get("event") == "read" and entry.get("detail", {}).get("list_hash") in same \
                     and entry.get("model_sha256") not in seen:
@@ -264,15 +284,11 @@ class SealedTestSet:
         "Predictions this model already made on this seal (checked against their recorded hash), or None."
         self._guard(model_sha256)
         seal = self.verify()
-        for entry in reversed(self.ledger.entries()):
-            detail = entry.get("detail", {})
-            if entry["event"] == "result" and entry["model_sha256"] == model_sha256 and detail.get("list_hash") == seal["list_hash"]:
-                file = self.root / detail["predictions"]
-                if not file.is_file() or file_sha256(file) != detail["predictions_sha256"]:
-                    return None
-                self.ledger.append("reuse", {"of_seq": entry["seq"], "list_hash": seal["list_hash"]}, model_sha256)
-                return pd.read_csv(file, dtype=str, keep_default_na=False)
-        return None
+        entry = latest_result(self.ledger.entries(), model_sha256, seal["list_hash"])
+        predictions = None if entry is None else result_predictions(self.root, entry)
+        if predictions is not None:
+            self.ledger.append("reuse", {"of_seq": entry["seq"], "list_hash": seal["list_hash"]}, model_sha256)
+        return predictions
 
     def record_predictions(self, model_sha256: str, predictions: pd.DataFrame, metrics: dict) -> Path:
         "Keep this model's test predictions and log the result, so the same model never reads the test set again."
