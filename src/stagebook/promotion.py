@@ -190,11 +190,6 @@ def _render_refusal(root: Path, pdf: Path, record: dict) -> None:
     body = [PREAMBLE, r"\title{Champion/challenger gate: refused}", r"\date{}", r"\begin{document}\maketitle",
             tex(f"Challenger: version {record['challenger']}; champion: version {record['champion']}."),
             r"\begin{itemize}"] + [r"\item " + tex(line) for line in record["why"]] + [r"\end{itemize}"]
-    if "numbers" in record:
-        n = record["numbers"]
-        body.append(tex(f"Paired on the sealed items: {n['gained']} gained, {n['lost']} lost; exact p "
-                        f"{n['exact_p']:.4g}, mid-p {n['mid_p']:.4g}; accuracy difference {n['diff']:+.4f} "
-                        f"(95% CI {n['ci_low']:+.4f} to {n['ci_high']:+.4f})."))
     body.append(r"\end{document}")
     with tempfile.TemporaryDirectory() as tmp:
         (Path(tmp) / "gate.tex").write_text("\n".join(body), encoding="utf-8")
