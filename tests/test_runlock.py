@@ -11,11 +11,10 @@ import time
 from pathlib import Path
 
 import pytest
-from mlflow.tracking import MlflowClient
 
 from conftest import add_stage
 from stagebook import runlock
-from stagebook.tracking import tracking_uri
+from stagebook.tracking import open_client
 
 SLOW = ("from stagebook import stage\nimport time\nctx = stage.init(0)\nstage.log_metrics({'x': 1.0})",
         "time.sleep(seconds)")
@@ -32,16 +31,18 @@ def _start(root: Path, seconds: int) -> subprocess.Popen:
                             cwd=root, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
-def _wait_for(predicate, seconds: float = 90) -> None:
+def _wait_for(predicate, seconds: float = 90, process: subprocess.Popen | None = None) -> None:
     deadline = time.monotonic() + seconds
     while not predicate():
+        if process is not None and process.poll() is not None:
+            pytest.fail(f"the run ended early ({process.returncode}): {process.stderr.read()[-1500:]}")
         if time.monotonic() > deadline:
             pytest.fail("timed out waiting")
         time.sleep(0.2)
 
 
 def _runs(root: Path) -> list:
-    client = MlflowClient(tracking_uri(root))
+    client = open_client(root)
     experiment = client.get_experiment_by_name("demo")
     return client.search_runs([experiment.experiment_id]) if experiment else []
 
@@ -64,10 +65,10 @@ def test_a_second_run_of_the_same_stage_is_refused_naming_the_first(slow_stage: 
 
 def test_a_killed_run_leaves_no_ghost_after_the_next_command(slow_stage: Path):
     victim = _start(slow_stage, 120)
-    _wait_for(lambda: any(r.info.status == "RUNNING" for r in _runs(slow_stage)))
+    _wait_for(lambda: any(r.info.status == "RUNNING" for r in _runs(slow_stage)), process=victim)
     staging = slow_stage / "reports" / ".staging" / "01_slow"
     sockets = lambda: list(Path(tempfile.gettempdir()).glob(f"{runlock.SOCKET_PREFIX}{victim.pid}-*"))
-    _wait_for(lambda: bool(sockets()))  # the kernel is up
+    _wait_for(lambda: bool(sockets()), process=victim)  # the kernel is up
     os.kill(victim.pid, signal.SIGKILL)
     victim.wait(timeout=30)
     assert [r.info.status for r in _runs(slow_stage)] == ["RUNNING"] and staging.is_dir()

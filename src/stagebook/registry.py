@@ -28,11 +28,8 @@ def model_name(root: Path) -> str:
 
 
 def client(root: Path):
-    from mlflow.tracking import MlflowClient
-
-    from .tracking import tracking_uri
-    uri = tracking_uri(root)
-    return MlflowClient(tracking_uri=uri, registry_uri=uri)
+    from .tracking import open_client
+    return open_client(root, registry=True)
 
 
 def versions(root: Path) -> list:

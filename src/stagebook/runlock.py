@@ -98,17 +98,15 @@ def reap_dead(root: Path) -> int:
 
 def _mark_killed(root: Path, stage: str, pid) -> int:
     "Set KILLED on the RUNNING runs that process `pid` started for `stage`: its own, nested and sweep variants'."
-    from mlflow.tracking import MlflowClient
-
     from .project import settings
-    from .tracking import tracking_uri
+    from .tracking import open_client, tracking_uri
 
     if not (root / "pyproject.toml").is_file():
         return 0
     store = tracking_uri(root)
     if store.startswith("sqlite:///") and not Path(store[len("sqlite:///"):]).is_file():
         return 0
-    client = MlflowClient(store)
+    client = open_client(root)
     experiment = client.get_experiment_by_name(settings(root)["experiment"])
     if experiment is None:
         return 0

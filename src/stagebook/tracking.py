@@ -30,6 +30,32 @@ def tracking_uri(root: Path) -> str:
     return uri
 
 
+def open_client(root: Path, registry: bool = False):
+    """An MlflowClient on the project's store, the store created first if it is new.
+
+    MLflow creates a new SQLite store's tables on first open; two processes doing so at once (two stages started
+    together, or `stagebook runs` beside a starting run) collide ("table experiments already exists"). The first
+    open therefore happens under a file lock keyed by the store's path."""
+    import fcntl
+    import hashlib
+    import tempfile
+
+    from mlflow.tracking import MlflowClient
+
+    uri = tracking_uri(root)
+    prefix = "sqlite:///"
+    if not uri.startswith(prefix):
+        return MlflowClient(tracking_uri=uri, registry_uri=uri) if registry else MlflowClient(uri)
+    key = hashlib.sha1(uri[len(prefix):].encode()).hexdigest()[:16]
+    with open(Path(tempfile.gettempdir()) / f"stagebook-store-{key}.lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
+        client = MlflowClient(tracking_uri=uri, registry_uri=uri) if registry else MlflowClient(uri)
+        client.search_experiments(max_results=1)  # opens (and if new, creates) the store
+        if registry:
+            client.search_registered_models(max_results=1)
+    return client
+
+
 class Tracker:
     "The runner's handle on one MLflow run: RUNNING from `start_in_background`, FINISHED or FAILED at `finish`."
 
@@ -96,13 +122,11 @@ KEY_METRICS = ("test_accuracy", "valid_accuracy", "best_baseline_valid_accuracy"
 def recent_runs(root: Path, per_stage: int = 3):
     "The last `per_stage` top-level runs of each stage (newest first): status, key metric, commit, duration."
     import pandas as pd
-    from mlflow.tracking import MlflowClient
-
     store = tracking_uri(root)
-    client = MlflowClient(store)
     columns = ["stage", "started", "status", "minutes", "metric", "value", "commit", "run_id"]
     if store.startswith("sqlite:///") and not Path(store[len("sqlite:///"):]).is_file():
         return pd.DataFrame(columns=columns)
+    client = open_client(root)
     experiment = client.get_experiment_by_name(settings(root)["experiment"])
     runs = client.search_runs([experiment.experiment_id], order_by=["attributes.start_time DESC"],
                               max_results=5000) if experiment else []
@@ -143,10 +167,9 @@ def experiment_id(client, root: Path) -> str:
 def _start(request: dict):
     "Create the experiment (first time) and a RUNNING run tagged with the lineage; log the params."
     from mlflow.entities import Param
-    from mlflow.tracking import MlflowClient
 
     root = Path(request["root"])
-    client = MlflowClient(tracking_uri(root))
+    client = open_client(root)
     exp_id = experiment_id(client, root)
     lineage = Lineage(**request["lineage"])
     tags = {**lineage.as_tags(), "stagebook.stage": request["stage"], "mlflow.source.git.commit": lineage.code_commit,
