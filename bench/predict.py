@@ -1,4 +1,5 @@
-"""Prediction latency: a direct model call (the bare baseline), `stagebook predict`'s predictor, and HTTP to
+"""Prediction latency: a direct model call (the bare baseline), the same model exported to TorchScript and to ONNX
+(onnxruntime, CPU) called directly, `stagebook predict`'s predictor (PyTorch and ONNX runtimes), and HTTP to
 `stagebook serve`, side by side at batch 1 and 64, p50 and p95 over interleaved repeats.
 
 The model is the stage-04 architecture (small_cnn, width 16, 8-px grayscale, 10 classes) registered in a throwaway
@@ -31,6 +32,8 @@ def bench_predict(repeats: int = 60) -> list[dict]:
     from PIL import Image
 
     from stagebook import registry
+    from stagebook.export import EXPORTED, session, write_export
+    from stagebook.lineage import file_sha256
     from stagebook.predictor import Predictor
     from stagebook.serve import create_app
     from stagebook.zoo import build
@@ -45,6 +48,14 @@ def bench_predict(repeats: int = 60) -> list[dict]:
         registry.set_alias(root, registry.CHAMPION, registry.register(root, root / "m.pth", {"code_commit": "bench"}))
         predictor = Predictor(root, refresh=3600)
         model = predictor.current().model
+        version = registry.by_alias(root, registry.CHAMPION)
+        runtimes = {}
+        for runtime in ("torchscript", "onnx"):
+            path = write_export(model, meta, runtime, root / "models" / "export" / f"v1{EXPORTED[runtime]}")
+            registry.attach(root, version, path, "export")
+            registry.tag(root, version, f"{runtime}_sha256", file_sha256(path))
+            runtimes[runtime] = session(runtime, path)
+        by_onnx = Predictor(root, refresh=3600, runtime="onnx")
         rng = np.random.default_rng(0)
         pngs = []
         for _ in range(64):
@@ -68,7 +79,12 @@ def bench_predict(repeats: int = 60) -> list[dict]:
                     with torch.inference_mode():
                         model(tensor)
 
-                calls = {"direct model call": direct, "predictor (stagebook predict)": lambda: predictor.predict_bytes(items),
+                pixels = tensor.numpy()
+                calls = {"direct model call": direct,
+                         "TorchScript call": lambda: runtimes["torchscript"](pixels),
+                         "ONNX Runtime call": lambda: runtimes["onnx"](pixels),
+                         "predictor (stagebook predict)": lambda: predictor.predict_bytes(items),
+                         "predictor, --runtime onnx": lambda: by_onnx.predict_bytes(items),
                          "HTTP (stagebook serve)": lambda: client.post("/predict", files=files).raise_for_status()}
                 times = {k: [] for k in calls}
                 for fn in calls.values():  # warm-up
@@ -76,7 +92,8 @@ def bench_predict(repeats: int = 60) -> list[dict]:
                         fn()
                 for i in range(repeats):  # interleaved, the order rotating each round
                     names = list(calls)
-                    for name in names[i % 3:] + names[:i % 3]:
+                    turn = i % len(names)
+                    for name in names[turn:] + names[:turn]:
                         start = time.perf_counter()
                         calls[name]()
                         times[name].append(1000 * (time.perf_counter() - start))

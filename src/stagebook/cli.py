@@ -165,7 +165,7 @@ def _predict(args) -> int:
     from .predictor import Predictor
     from .project import find_root
 
-    answers = Predictor(find_root(), args.version).predict_paths([Path(p) for p in args.paths])
+    answers = Predictor(find_root(), args.version, runtime=args.runtime).predict_paths([Path(p) for p in args.paths])
     if args.out and args.out.endswith(".json"):
         Path(args.out).write_text(json.dumps(answers, indent=1) + "\n")
     else:
@@ -186,7 +186,18 @@ def _serve(args) -> None:
     from .project import find_root
     from .serve import serve
     print(f"stagebook: serving on http://{args.host}:{args.port} (POST /predict, GET /health)", file=sys.stderr)
-    serve(find_root(), args.host, args.port, args.version)
+    serve(find_root(), args.host, args.port, args.version, args.runtime)
+
+
+def _export(args) -> int:
+    from .export import export_version
+    from .project import find_root
+
+    version, done = export_version(find_root(), args.version, tuple(args.runtime))
+    for e in done:
+        print(f"stagebook: version {version.version} as {e.runtime}: {e.path} (sha256 {e.sha256[:16]}; max |Δp| "
+              f"{e.max_abs_diff:.1e} over {e.items} valid items), recorded in the registry")
+    return 0
 
 
 def _seal(args) -> None:
@@ -328,12 +339,20 @@ def parser() -> argparse.ArgumentParser:
     predict.add_argument("paths", nargs="+", help="image files or folders")
     predict.add_argument("--version", type=int, help="a registered version instead of the champion")
     predict.add_argument("--out", help="write CSV (or .json) instead of printing a table")
+    predict.add_argument("--runtime", default="torch", choices=["torch", "torchscript", "onnx"],
+                         help="serve the version's recorded export instead of the PyTorch weights (stagebook export)")
     predict.set_defaults(func=_predict)
     serve = sub.add_parser("serve", help="HTTP predictions (FastAPI + uvicorn): POST /predict, GET /health")
     serve.add_argument("--host", default="127.0.0.1")
     serve.add_argument("--port", type=int, default=8000)
     serve.add_argument("--version", type=int, help="a registered version instead of the champion")
+    serve.add_argument("--runtime", default="torch", choices=["torch", "torchscript", "onnx"],
+                       help="serve the version's recorded export instead of the PyTorch weights (stagebook export)")
     serve.set_defaults(func=_serve)
+    export = sub.add_parser("export", help="TorchScript and ONNX files of a registered version, parity-checked on valid")
+    export.add_argument("--version", type=int, help="a registered version instead of the champion")
+    export.add_argument("--runtime", nargs="+", default=["torchscript", "onnx"], choices=["torchscript", "onnx"])
+    export.set_defaults(func=_export)
 
     seal = sub.add_parser("seal", help="seal the current test split (hashes of every item, logged in the ledger)")
     seal.add_argument("--reason", default="stagebook seal", help="why, for the ledger")

@@ -45,23 +45,45 @@ class ImageRefused(StagebookError):
     "An input that is not a usable image: the caller answers with the reason (HTTP 422), and carries on."
 
 
+def resolve_version(root: Path, version: int | None = None):
+    "A registered version by number, or the champion when `version` is None; one line when there is none."
+    if version is not None:
+        found = next((v for v in registry.versions(root) if int(v.version) == int(version)), None)
+        if found is None:
+            raise StagebookError(f"model version {version} is not registered for {registry.model_name(root)};"
+                                 " `stagebook promote` registers and promotes models after stage 06.")
+        return found
+    found = registry.by_alias(root, registry.CHAMPION)
+    if found is None:
+        raise StagebookError(f"{registry.model_name(root)} has no champion yet: submit a model, run stage 06,"
+                             " then `stagebook promote`.")
+    return found
+
+
 @dataclass
 class Loaded:
     version: object
     model: object
     meta: dict
+    infer: object  # pixel batch -> probabilities, in the predictor's runtime
+    runtime: str = "torch"
 
     @property
     def about(self) -> dict:
-        return registry.describe(self.version)
+        return {**registry.describe(self.version), "runtime": self.runtime}
 
 
 class Predictor:
     """Predictions from a registered version: `version` None follows the champion alias (re-checked at most every
-    `refresh` seconds, so a promotion is served without a restart)."""
+    `refresh` seconds, so a promotion is served without a restart). `runtime` is torch, torchscript or onnx; the last
+    two load the version's recorded export (`stagebook export`)."""
 
-    def __init__(self, root: Path, version: int | None = None, refresh: float = 2.0, log: bool = True):
+    def __init__(self, root: Path, version: int | None = None, refresh: float = 2.0, log: bool = True,
+                 runtime: str = "torch"):
+        from .export import check_runtime
+
         self.root, self.pinned, self.refresh, self.log = Path(root).resolve(), version, refresh, log
+        self.runtime = check_runtime(runtime)
         self._loaded: Loaded | None = None
         self._checked = 0.0
 
@@ -70,28 +92,17 @@ class Predictor:
         if self._loaded is not None and (self.pinned is not None or now - self._checked < self.refresh):
             return self._loaded
         self._checked = now
-        version = self._resolve()
+        version = resolve_version(self.root, self.pinned)
         if self._loaded is None or self._loaded.version.version != version.version:
-            model, meta = load_checkpoint(registry.weights(self.root, version))
-            self._loaded = Loaded(version, model, meta)
-        return self._loaded
+            from .export import exported_file, session
 
-    def _resolve(self):
-        if self.pinned is not None:
-            found = next((v for v in registry.versions(self.root) if int(v.version) == int(self.pinned)), None)
-            if found is None:
-                raise StagebookError(f"model version {self.pinned} is not registered for {registry.model_name(self.root)};"
-                                     " `stagebook promote` registers and promotes models after stage 06.")
-            return found
-        found = registry.by_alias(self.root, registry.CHAMPION)
-        if found is None:
-            raise StagebookError(f"{registry.model_name(self.root)} has no champion yet: submit a model, run stage 06,"
-                                 " then `stagebook promote`.")
-        return found
+            model, meta = load_checkpoint(registry.weights(self.root, version))
+            path = None if self.runtime == "torch" else exported_file(self.root, version, self.runtime)
+            self._loaded = Loaded(version, model, meta, session(self.runtime, path, model), self.runtime)
+        return self._loaded
 
     def predict_bytes(self, items: list[tuple[str, bytes]]) -> list[dict]:
         "One answer per (name, bytes): label, probabilities and versions; or `error` with the reason."
-        import torch
         from PIL import Image, UnidentifiedImageError
 
         from .dataconfig import to_pixels
@@ -111,8 +122,7 @@ class Predictor:
                 answer["error"] = f"not a usable image ({type(err).__name__}: {text.splitlines()[0]})"
             out.append(answer)
         if pixels:
-            with torch.inference_mode():
-                proba = torch.softmax(loaded.model(torch.from_numpy(np.stack(pixels))), dim=1).numpy()
+            proba = loaded.infer(np.stack(pixels))
             for row, p in zip(where, proba):
                 out[row]["label"] = meta["classes"][int(p.argmax())]
                 out[row]["confidence"] = float(p.max())

@@ -83,11 +83,24 @@ def tag(root: Path, version, key: str, value: str) -> None:
 
 def weights(root: Path, version) -> Path:
     "The version's weights on local disk (fetched once), after checking they are the bytes that were registered."
-    target = root / CACHE / f"v{version.version}.pth"
-    expected = version.tags.get("sha256", "")
+    return _verified(root / CACHE / f"v{version.version}.pth", version.source, version.tags.get("sha256", ""), version)
+
+
+def attach(root: Path, version, path: Path, folder: str) -> None:
+    "Store `path` with the version: an artifact of its registry run, under `folder`."
+    client(root).log_artifact(version.run_id, str(path), folder)
+
+
+def fetch(root: Path, version, artifact: str, target: Path, sha256: str) -> Path:
+    "An artifact attached to the version (`folder/name`), on local disk at `target`, checked against `sha256`."
+    uri = f"{client(root).get_run(version.run_id).info.artifact_uri}/{artifact}"
+    return _verified(target, uri, sha256, version)
+
+
+def _verified(target: Path, uri: str, expected: str, version) -> Path:
     if not target.is_file() or file_sha256(target) != expected:
         import mlflow.artifacts
-        fetched = Path(mlflow.artifacts.download_artifacts(artifact_uri=version.source))
+        fetched = Path(mlflow.artifacts.download_artifacts(artifact_uri=uri))
         target.parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(fetched, target)
     if file_sha256(target) != expected:

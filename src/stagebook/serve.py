@@ -42,9 +42,10 @@ def create_app(predictor: Predictor):
     return app
 
 
-def serve(root: Path, host: str = "127.0.0.1", port: int = 8000, version: "int | None" = None) -> None:
+def serve(root: Path, host: str = "127.0.0.1", port: int = 8000, version: "int | None" = None,
+          runtime: str = "torch") -> None:
     import uvicorn
 
-    predictor = Predictor(root, version)
+    predictor = Predictor(root, version, runtime=runtime)
     predictor.current()  # fail now, in one line, if there is no model to serve
     uvicorn.run(create_app(predictor), host=host, port=port, workers=1, log_level="warning")
