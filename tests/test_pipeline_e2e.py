@@ -193,12 +193,20 @@ def test_rerunning_the_sealed_stage_reuses_the_result_and_dvc_exp_run_never_read
 
 
 def test_promote_gate_predict_and_serve_follow_the_champion(evaluated_copy: Path):
-    "First champion by the targets; a worse challenger refused by the gate with its numbers; an override recorded."
+    """First champion by the targets; a worse challenger refused as not better, a wider one as slower, each with its
+    numbers; an override recorded; each version's model card stored with it in the registry."""
     root = evaluated_copy
     page = root / "project_page.md"
     page.write_text(re.sub(r"(?m)^target: .*$", "target: 0.5", page.read_text()))  # a small test set, a modest bar
     first = _stagebook(root, "promote")
     assert first.returncode == 0 and "first champion: test accuracy" in first.stdout and "version 1 is the champion" in first.stdout, first.stdout + first.stderr
+    card = _pdf_text(root / "reports/model_card/v1.pdf")
+    for section in ("Model details", "Intended use", "Factors", "Metrics", "Evaluation data", "Training data",
+                    "Ethical considerations", "Caveats and recommendations", "Lineage"):
+        assert section in card, section
+    assert "first champion" in card and "Accuracy by slice" in card and "sorting step" in card  # ledger, 05, page
+    tags = _version_tags(root, 1)
+    assert len(tags["model_card_sha256"]) == 64 and tags["model_card_sha256"] == _sha(root / "reports/model_card/v1.pdf")
     images = sorted((root / "data/raw/digits/3").glob("*.png"))[:3]
     answered = _stagebook(root, "predict", *map(str, images), "--out", "p.json")
     assert answered.returncode == 0, answered.stderr
@@ -207,20 +215,42 @@ def test_promote_gate_predict_and_serve_follow_the_champion(evaluated_copy: Path
     assert [a["model_version"] for a in answers] == [1, 1, 1] and answers[0]["code_commit"] == commit
     # a worse challenger: three epochs (enough to beat the input-independent bar, short of the champion's ten),
     # submitted, evaluated (a second test read), then judged; "ci_low > 0" refuses an equal one too
-    _set_params(root, "04_tuning", epochs=3)
-    git(root, "commit", "-qam", "three epochs")
-    _dvc_repro(root)
-    assert _stagebook(root, "submit", "--by", "e2e", "--reason", "challenger").returncode == 0
-    _dvc_repro(root)
+    _challenger(root, "three epochs", epochs=3)
     judged = _stagebook(root, "promote")
     assert judged.returncode == 1 and "better: no (ci_low > 0" in judged.stdout, judged.stdout + judged.stderr
     assert "no slower at batch 1:" in judged.stdout and (root / "reports/gate/v2_refused.pdf").is_file()
     assert "refused by the gate" in judged.stderr and _ledger(root)[-1]["event"] == "gate_refused"
-    forced = _stagebook(root, "promote", "--override", "--by", "Ada", "--reason", "10x faster on the phone")
-    assert forced.returncode == 0 and "promoted by override: Ada: 10x faster on the phone" in forced.stdout
-    assert _ledger(root)[-1]["detail"]["override_reason"] == "10x faster on the phone"
+    # a slower challenger: the same recipe, eight times wider (about as accurate on 8-px digits, many times the work)
+    _challenger(root, "eight times wider", epochs=10, width=128)
+    wide = _stagebook(root, "promote")
+    assert wide.returncode == 1 and "no slower at batch 64: no" in wide.stdout, wide.stdout + wide.stderr
+    ratio = float(re.search(r"no slower at batch 64: no \(.*?ratio ([0-9.]+)", wide.stdout).group(1))
+    assert ratio > 1.10 and "refused by the gate" in _pdf_text(root / "reports/model_card/v3.pdf")
+    forced = _stagebook(root, "promote", "--override", "--by", "Ada", "--reason", "worth its latency on the server")
+    assert forced.returncode == 0 and "promoted by override: Ada: worth its latency on the server" in forced.stdout
+    assert _ledger(root)[-1]["detail"]["override_reason"] == "worth its latency on the server"
+    assert "worth its latency on the server" in _pdf_text(root / "reports/model_card/v3.pdf")  # the card says so
     again = _stagebook(root, "predict", str(images[0]), "--out", "p.json")  # the same command, the new champion
-    assert again.returncode == 0 and json.loads((root / "p.json").read_text())[0]["model_version"] == 2
+    assert again.returncode == 0 and json.loads((root / "p.json").read_text())[0]["model_version"] == 3
+
+
+def _challenger(root: Path, message: str, **params) -> None:
+    "Train with `params`, submit the model and evaluate it on the sealed test (one more read)."
+    _set_params(root, "04_tuning", **params)
+    git(root, "commit", "-qam", message)
+    _dvc_repro(root)
+    assert _stagebook(root, "submit", "--by", "e2e", "--reason", message).returncode == 0
+    _dvc_repro(root)
+
+
+def _version_tags(root: Path, version: int) -> dict:
+    from stagebook import registry
+    return dict(next(v for v in registry.versions(root) if int(v.version) == version).tags)
+
+
+def _sha(path: Path) -> str:
+    import hashlib
+    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 def _pdf_text(pdf: Path) -> str:

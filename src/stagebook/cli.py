@@ -189,6 +189,18 @@ def _serve(args) -> None:
     serve(find_root(), args.host, args.port, args.version, args.runtime)
 
 
+def _card(args) -> int:
+    from .modelcard import write_card
+    from .predictor import resolve_version
+    from .project import find_root
+
+    root = find_root()
+    version = resolve_version(root, args.version)
+    print(f"stagebook: model card of version {version.version}: {write_card(root, version).relative_to(root)}"
+          " (also stored with the version in the registry)")
+    return 0
+
+
 def _export(args) -> int:
     from .export import export_version
     from .project import find_root
@@ -349,6 +361,9 @@ def parser() -> argparse.ArgumentParser:
     serve.add_argument("--runtime", default="torch", choices=["torch", "torchscript", "onnx"],
                        help="serve the version's recorded export instead of the PyTorch weights (stagebook export)")
     serve.set_defaults(func=_serve)
+    card = sub.add_parser("card", help="the model card PDF of a registered version (promote writes it too)")
+    card.add_argument("--version", type=int, help="a registered version instead of the champion")
+    card.set_defaults(func=_card)
     export = sub.add_parser("export", help="TorchScript and ONNX files of a registered version, parity-checked on valid")
     export.add_argument("--version", type=int, help="a registered version instead of the champion")
     export.add_argument("--runtime", nargs="+", default=["torchscript", "onnx"], choices=["torchscript", "onnx"])

@@ -162,6 +162,8 @@ def promote(root: Path, by: str = "", reason: str = "", override: bool = False, 
     else:
         ledger.append("gate_refused", detail, sha)
         _write_refusal(root, challenger, champion, lines, verdict)
+    from .modelcard import write_card
+    write_card(root, registry.version_of(root, sha))  # after the decision, so the card carries it (and any override)
     return Decision(passed or override, int(challenger.version), None if champion is None else int(champion.version),
                     lines, verdict)
 
