@@ -189,6 +189,29 @@ def _serve(args) -> None:
     serve(find_root(), args.host, args.port, args.version, args.runtime)
 
 
+def _train(args) -> int:
+    from .project import find_root
+    from .pushtrain import stages_to_train, train
+
+    root = find_root()
+    print(f"stagebook: training through {stages_to_train(root)[-1]} (never the sealed test)", file=sys.stderr)
+    ok, log = train(root, commit=args.commit)
+    if not ok:
+        print(log[-3000:], file=sys.stderr)
+    print(f"stagebook: training {'succeeded' if ok else 'FAILED'}" + ("; results committed (train_results.md)"
+                                                                      if args.commit else ""), file=sys.stderr)
+    return 0 if ok else 1
+
+
+def _hook(args) -> int:
+    from .pushtrain import install_hook
+
+    hook = install_hook(Path(args.bare), force=args.force)
+    print(f"stagebook: installed {hook}: pushing a branch train/<name> there trains it through the stage before the"
+          " sealed test, and the results come back as a commit on the branch")
+    return 0
+
+
 def _card(args) -> int:
     from .modelcard import write_card
     from .predictor import resolve_version
@@ -361,6 +384,15 @@ def parser() -> argparse.ArgumentParser:
     serve.add_argument("--runtime", default="torch", choices=["torch", "torchscript", "onnx"],
                        help="serve the version's recorded export instead of the PyTorch weights (stagebook export)")
     serve.set_defaults(func=_serve)
+    train = sub.add_parser("train", help="run every stage before the sealed test (what a push to train/<name> runs)")
+    train.add_argument("--commit", action="store_true", help="commit the results (metrics, PDFs, tables) on this branch")
+    train.set_defaults(func=_train)
+    hook = sub.add_parser("hook", help="`stagebook hook install BARE_REPO`: train pushed train/* branches there")
+    hook_sub = hook.add_subparsers(dest="hook_command", required=True)
+    hook_install = hook_sub.add_parser("install", help="write the post-receive hook into a bare git repository")
+    hook_install.add_argument("bare", help="the bare repository (git init --bare)")
+    hook_install.add_argument("--force", action="store_true", help="replace a post-receive hook stagebook did not write")
+    hook_install.set_defaults(func=_hook)
     card = sub.add_parser("card", help="the model card PDF of a registered version (promote writes it too)")
     card.add_argument("--version", type=int, help="a registered version instead of the champion")
     card.set_defaults(func=_card)

@@ -114,6 +114,9 @@ def new_stage(root: Path, name: str, report: bool = False) -> list[Path]:
         stage.report_template.write_text(REPORT_TEMPLATE.format(title=title), encoding="utf-8")
         written.append(stage.report_template)
     text = pipeline.read_text(encoding="utf-8")
+    if not spec["stages"]:  # `stages: {}` (a pipeline with no stage yet) becomes a block the entry can join
+        import re
+        text = re.sub(r"(?m)^stages:\s*\{\s*\}\s*$", "stages:", text)
     pipeline.write_text(text + ("" if text.endswith("\n\n") else "\n" if text.endswith("\n") else "\n\n")
                         + _dvc_entry(name, previous, report), encoding="utf-8")
     written.append(pipeline)
