@@ -212,6 +212,15 @@ def _hook(args) -> int:
     return 0
 
 
+def _report(args) -> int:
+    from .experience import write_report
+    from .project import find_root
+
+    root = find_root()
+    print(f"stagebook: {write_report(root).relative_to(root)} (the team's reports/experience.md, then the recorded facts)")
+    return 0
+
+
 def _card(args) -> int:
     from .modelcard import write_card
     from .predictor import resolve_version
@@ -393,6 +402,9 @@ def parser() -> argparse.ArgumentParser:
     hook_install.add_argument("bare", help="the bare repository (git init --bare)")
     hook_install.add_argument("--force", action="store_true", help="replace a post-receive hook stagebook did not write")
     hook_install.set_defaults(func=_hook)
+    report = sub.add_parser("report", help="`stagebook report experience`: the experience report PDF")
+    report.add_argument("which", choices=["experience"], help="experience: reports/experience.md plus recorded facts")
+    report.set_defaults(func=_report)
     card = sub.add_parser("card", help="the model card PDF of a registered version (promote writes it too)")
     card.add_argument("--version", type=int, help="a registered version instead of the champion")
     card.set_defaults(func=_card)
