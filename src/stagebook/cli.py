@@ -165,7 +165,7 @@ def _predict(args) -> int:
     from .predictor import Predictor
     from .project import find_root
 
-    answers = Predictor(find_root(), args.version, runtime=args.runtime).predict_paths([Path(p) for p in args.paths])
+    answers = Predictor(find_root(), args.version, runtime=args.runtime, keep_inputs=args.keep_inputs).predict_paths([Path(p) for p in args.paths])
     if args.out and args.out.endswith(".json"):
         Path(args.out).write_text(json.dumps(answers, indent=1) + "\n")
     else:
@@ -186,7 +186,24 @@ def _serve(args) -> None:
     from .project import find_root
     from .serve import serve
     print(f"stagebook: serving on http://{args.host}:{args.port} (POST /predict, GET /health)", file=sys.stderr)
-    serve(find_root(), args.host, args.port, args.version, args.runtime)
+    serve(find_root(), args.host, args.port, args.version, args.runtime, args.keep_inputs)
+
+
+def _harvest(args) -> int:
+    from .harvest import QUEUE, accept, harvest
+    from .project import find_root
+
+    root = find_root()
+    if args.accept:
+        count, source = accept(root)
+        print(f"stagebook: {count} confirmed item(s) added to {source} (source: harvest; never the test split);"
+              " `dvc repro` audits and splits them in stage 01")
+        return 0
+    done = harvest(root, args.min_confidence, args.limit)
+    print(f"stagebook: {done.queued} prediction(s) at confidence >= {args.min_confidence} queued for review in {QUEUE}"
+          f" ({done.below} below it, {done.known} already in the data or queued, {done.missing} without their image:"
+          " use --keep-inputs); fill in reviewed_label and reviewer, then `stagebook harvest --accept`")
+    return 0
 
 
 def _train(args) -> int:
@@ -383,6 +400,7 @@ def parser() -> argparse.ArgumentParser:
     predict.add_argument("paths", nargs="+", help="image files or folders")
     predict.add_argument("--version", type=int, help="a registered version instead of the champion")
     predict.add_argument("--out", help="write CSV (or .json) instead of printing a table")
+    predict.add_argument("--keep-inputs", action="store_true", help="keep each image under logs/inputs/ (for harvest)")
     predict.add_argument("--runtime", default="torch", choices=["torch", "torchscript", "onnx"],
                          help="serve the version's recorded export instead of the PyTorch weights (stagebook export)")
     predict.set_defaults(func=_predict)
@@ -390,9 +408,15 @@ def parser() -> argparse.ArgumentParser:
     serve.add_argument("--host", default="127.0.0.1")
     serve.add_argument("--port", type=int, default=8000)
     serve.add_argument("--version", type=int, help="a registered version instead of the champion")
+    serve.add_argument("--keep-inputs", action="store_true", help="keep each image under logs/inputs/ (for harvest)")
     serve.add_argument("--runtime", default="torch", choices=["torch", "torchscript", "onnx"],
                        help="serve the version's recorded export instead of the PyTorch weights (stagebook export)")
     serve.set_defaults(func=_serve)
+    harvest = sub.add_parser("harvest", help="confident logged predictions -> a review batch; --accept adds confirmed ones")
+    harvest.add_argument("--min-confidence", type=float, default=0.95)
+    harvest.add_argument("--limit", type=int, help="queue at most this many (most confident first)")
+    harvest.add_argument("--accept", action="store_true", help="add the reviewed rows of data/harvest.csv to the data")
+    harvest.set_defaults(func=_harvest)
     train = sub.add_parser("train", help="run every stage before the sealed test (what a push to train/<name> runs)")
     train.add_argument("--commit", action="store_true", help="commit the results (metrics, PDFs, tables) on this branch")
     train.set_defaults(func=_train)

@@ -14,6 +14,7 @@ import pandas as pd
 from .errors import StagebookError
 
 COLUMNS = ["path", "label", "group", "source", "annotator"]
+HARVEST_PREFIX = "harvest-"  # in a class folder: an item confirmed from the model's predictions (source "harvest")
 
 
 def _from_folder(folder: Path) -> pd.DataFrame:
@@ -23,7 +24,8 @@ def _from_folder(folder: Path) -> pd.DataFrame:
     if not rows:
         raise StagebookError(f"{folder}: no images found; expected one sub-folder per class (e.g. {folder}/cat/001.png)"
                              " or a CSV manifest with path,label columns.")
-    return pd.DataFrame({"path": [p for p, _ in rows], "label": [lbl for _, lbl in rows], "group": "", "source": "",
+    source = ["harvest" if p.name.startswith(HARVEST_PREFIX) else "" for p, _ in rows]  # (stagebook.harvest)
+    return pd.DataFrame({"path": [p for p, _ in rows], "label": [lbl for _, lbl in rows], "group": "", "source": source,
                          "annotator": ""})
 
 

@@ -21,6 +21,7 @@ from .errors import StagebookError
 LOG = Path("logs") / "predictions.jsonl"
 LOG_MAX_BYTES = 10 * 1024 * 1024  # then predictions.jsonl.1, .2, ... (at most LOG_KEEP)
 LOG_KEEP = 5
+KEPT_INPUTS = Path("logs") / "inputs"  # `--keep-inputs`: each usable input's bytes, by sha256 (stagebook harvest)
 
 
 def load_checkpoint(path: Path):
@@ -79,10 +80,11 @@ class Predictor:
     two load the version's recorded export (`stagebook export`)."""
 
     def __init__(self, root: Path, version: int | None = None, refresh: float = 2.0, log: bool = True,
-                 runtime: str = "torch"):
+                 runtime: str = "torch", keep_inputs: bool = False):
         from .export import check_runtime
 
         self.root, self.pinned, self.refresh, self.log = Path(root).resolve(), version, refresh, log
+        self.keep_inputs = keep_inputs
         self.runtime = check_runtime(runtime)
         self._loaded: Loaded | None = None
         self._checked = 0.0
@@ -116,7 +118,10 @@ class Predictor:
                 with Image.open(io.BytesIO(data)) as img:
                     img.load()
                     pixels.append(to_pixels(img, meta["image_size"], meta.get("channels", 1)))
+                    kind = (img.format or "bin").lower()
                 where.append(len(out))
+                if self.keep_inputs:
+                    answer["kept"] = keep_input(self.root, answer["input_sha256"], kind, data)
             except (UnidentifiedImageError, OSError, ValueError, SyntaxError, Image.DecompressionBombError) as err:
                 text = str(err).split(" <_io.")[0].strip() or "unreadable"  # PIL names the in-memory buffer
                 answer["error"] = f"not a usable image ({type(err).__name__}: {text.splitlines()[0]})"
@@ -142,6 +147,18 @@ class Predictor:
             else:
                 raise StagebookError(f"{path}: no such file or folder; give image files or folders of them.")
         return self.predict_bytes([(str(p), p.read_bytes()) for p in files])
+
+
+def keep_input(root: Path, sha256: str, kind: str, data: bytes) -> str:
+    "Store an input's bytes once under logs/inputs/ (named by sha256), so its prediction can be harvested later."
+    relative = KEPT_INPUTS / f"{sha256}.{kind}"
+    path = root / relative
+    if not path.is_file():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(path.suffix + f".{os.getpid()}.tmp")
+        tmp.write_bytes(data)
+        tmp.replace(path)
+    return relative.as_posix()
 
 
 def append_log(path: Path, answers: list[dict]) -> None:

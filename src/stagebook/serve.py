@@ -43,9 +43,9 @@ def create_app(predictor: Predictor):
 
 
 def serve(root: Path, host: str = "127.0.0.1", port: int = 8000, version: "int | None" = None,
-          runtime: str = "torch") -> None:
+          runtime: str = "torch", keep_inputs: bool = False) -> None:
     import uvicorn
 
-    predictor = Predictor(root, version, runtime=runtime)
+    predictor = Predictor(root, version, runtime=runtime, keep_inputs=keep_inputs)
     predictor.current()  # fail now, in one line, if there is no model to serve
     uvicorn.run(create_app(predictor), host=host, port=port, workers=1, log_level="warning")

@@ -23,6 +23,8 @@ from .errors import StagebookError
 from .project import find_root, settings
 
 SPLITS = ("train", "valid", "test")
+HARVEST_SOURCE = "harvest"  # items confirmed from the model's own predictions (stagebook.harvest): never test
+HARVEST_NEAR_TEST = "excluded: harvested near copy of a test item"
 PROTECTION = {"train": 0, "valid": 1, "test": 2}  # = SPLITS order: a larger index is the more protected split
 
 
@@ -74,7 +76,9 @@ def split_assignments(items: pd.DataFrame, proportions: dict[str, float], seed: 
         level = pd.Series(old).groupby(unit_code).transform("max").to_numpy()  # SPLITS is ordered by protection
         chosen = np.where(old >= 0, old, level)
         out["split"] = pd.Series(np.asarray(SPLITS, dtype=object)[np.maximum(chosen, 0)]).where(chosen >= 0, None)
-    out.loc[out.split.isna(), "split"] = _place_new_units(out, proportions, seed)
+    new = out.split.isna().to_numpy()
+    out.loc[new, "split"] = _place_new_units(out, proportions, seed)
+    _keep_harvest_out_of_test(out, new, proportions, seed)
     if not has_previous:
         return out
     gone = previous[pd.Index(out.path).get_indexer(previous.path) < 0].copy()  # (Series.isin is slow on Arrow strings)
@@ -82,6 +86,34 @@ def split_assignments(items: pd.DataFrame, proportions: dict[str, float], seed: 
         gone["status"] = "missing"
         out = pd.concat([out, gone[[c for c in gone.columns if c in out.columns]]], ignore_index=True)
     return out.sort_values("path", ignore_index=True)
+
+
+def _keep_harvest_out_of_test(out: pd.DataFrame, new: np.ndarray, proportions: dict[str, float], seed: int) -> None:
+    """Harvested items were labelled by the model (and confirmed by a person): the sealed test must not grade the
+    model on its own answers. A new unit holding one goes to train or valid (in their proportion, by seeded hash);
+    a harvested near copy of an item already in test is excluded from the data (its status says why)."""
+    if "source" not in out.columns:
+        return
+    harvested = (out.source.astype(str) == HARVEST_SOURCE).to_numpy()
+    if not harvested.any():
+        return
+    in_test = (out.split == "test").to_numpy()
+    units = out.unit.to_numpy()
+    barred = pd.Index(pd.unique(units[harvested & in_test]))
+    if not len(barred):
+        return
+    in_barred = barred.get_indexer(units) >= 0
+    old_test_units = pd.Index(pd.unique(units[in_barred & ~new]))  # units placed in test before: sticky
+    sticky = old_test_units.get_indexer(units) >= 0
+    exclude = in_barred & sticky & harvested
+    if exclude.any() and "status" in out.columns:
+        out.loc[exclude, "status"] = HARVEST_NEAR_TEST
+    movable = in_barred & ~sticky
+    if movable.any():
+        share_valid = proportions["valid"] / max(proportions["train"] + proportions["valid"], 1e-12)
+        keys = np.asarray(units[movable], dtype=object)
+        draw = (unit_order(keys, seed) % np.uint64(10_000)).astype(float) / 10_000
+        out.loc[movable, "split"] = np.where(draw < share_valid, "valid", "train")
 
 
 def _place_new_units(out: pd.DataFrame, proportions: dict[str, float], seed: int) -> pd.Series:
