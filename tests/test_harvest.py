@@ -2,7 +2,6 @@
 split keeps them out of the sealed test."""
 from __future__ import annotations
 
-import json
 import shutil
 from pathlib import Path
 

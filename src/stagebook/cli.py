@@ -318,7 +318,7 @@ def _update(args) -> int:
     report = update(find_root(), ref=args.ref, source=args.template)
     for line in report.lines():
         print(line)
-    print(f"stagebook: {len(report.conflicts)} file(s) to review" + (f" (the template's versions are in update-review/)"
+    print(f"stagebook: {len(report.conflicts)} file(s) to review" + (" (the template's versions are in update-review/)"
           if report.conflicts else "") + "; see `git diff`, then commit")
     return 0
 

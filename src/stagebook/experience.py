@@ -120,12 +120,9 @@ def report_context(root: Path) -> dict:
 
 def write_report(root: Path) -> Path:
     "Render the experience report to reports/experience_report.pdf."
-    from .report import render_pdf
+    from .report import project_template, render_pdf
 
     root = Path(root).resolve()
-    template = root / TEMPLATE
-    if not template.is_file():
-        raise StagebookError(f"{template}: the experience report template is missing; take it from the stagebook"
-                             " template (`stagebook update`).")
+    template = project_template(root, TEMPLATE, "experience report")
     with tempfile.TemporaryDirectory(prefix="stagebook-experience-") as tmp:
         return render_pdf(template, root / PDF, report_context(root), Path(tmp))

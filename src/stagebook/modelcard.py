@@ -20,7 +20,6 @@ from pathlib import Path
 import pandas as pd
 
 from . import registry
-from .errors import StagebookError
 from .lineage import file_sha256
 
 CARD_DIR = Path("reports") / "model_card"
@@ -170,13 +169,10 @@ def _short(value) -> str:
 
 def write_card(root: Path, version) -> Path:
     "Render the version's card to reports/model_card/v<N>.pdf and store it with the version in the registry."
-    from .report import render_pdf
+    from .report import project_template, render_pdf
 
     root = Path(root).resolve()
-    template = root / TEMPLATE
-    if not template.is_file():
-        raise StagebookError(f"{template}: the model card template is missing; take it from the stagebook template"
-                             " (`stagebook update`).")
+    template = project_template(root, TEMPLATE, "model card")
     pdf = root / CARD_DIR / f"v{version.version}.pdf"
     with tempfile.TemporaryDirectory(prefix="stagebook-card-") as tmp:
         render_pdf(template, pdf, card_context(root, version), Path(tmp))

@@ -168,6 +168,15 @@ def read_table(ctx: dict, name: str) -> pd.DataFrame:
     return pd.read_csv(path)
 
 
+def project_template(root: Path, relative: Path, what: str) -> Path:
+    "A report template the project carries (a team edits its layout); one line if it is missing."
+    template = Path(root) / relative
+    if not template.is_file():
+        raise StagebookError(f"{template}: the {what} template is missing; take it from the stagebook template"
+                             " (`stagebook update`).")
+    return template
+
+
 def render_pdf(template: Path, pdf: Path, context: dict, workdir: Path) -> Path:
     "Weave `template` with `context` in `workdir`, build it with latexmk, and write `pdf`."
     from pweave import Pweb, rcParams
