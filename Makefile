@@ -12,7 +12,7 @@ export DVC_NO_ANALYTICS := 1
 export MLFLOW_DISABLE_TELEMETRY := true
 export PYDEVD_DISABLE_FILE_VALIDATION := 1
 
-.PHONY: run test bench setup tex lab mlflow-ui export wheel lock clean
+.PHONY: run test bench setup tex lab mlflow-ui mlflow-server export wheel lock clean
 
 run: setup tex
 	dvc repro
@@ -65,6 +65,10 @@ lab: setup
 
 mlflow-ui: setup
 	MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false mlflow ui --backend-store-uri sqlite:///mlflow.db --host 127.0.0.1 --port 5000 --workers 1
+
+# For sweeps on several machines: the tracking server on the head node (STAGEBOOK_TRACKING_URI=http://HEAD:5000).
+mlflow-server: setup
+	stagebook server --host 0.0.0.0 --port 5000
 
 export: setup
 	nbdev-export

@@ -21,6 +21,7 @@ neardup:  planted near copies (bench/neardup.py): recall per transform family, m
           16-128 px on digits and photo tiles, beside imagededup PHash; 20,000 images against imagededup PHash and CNN.
 predict:  prediction latency (bench/predict.py): a direct model call, the predictor behind `stagebook predict`, and
           HTTP to `stagebook serve`, p50/p95 at batch 1 and 64 (reported, no target).
+scale:    sweeps on Ray against the local process pool, and a simulated two-node cluster (bench/scale.py).
 split:    sticky split of 1,000,000 manifest rows with groups and duplicate clusters (target: under 5 s), against
           pandas reading the same rows from CSV; then the re-split after 10% more rows arrive.
 """
@@ -348,8 +349,8 @@ def bench_template(repeats: int) -> list[dict]:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--only", default="train,stage04,pipeline,audit,split,template,neardup,predict",
-                    help="comma-separated: train, stage04, pipeline, audit, split, template, neardup, predict")
+    ap.add_argument("--only", default="train,stage04,pipeline,audit,split,template,neardup,predict,scale",
+                    help="comma-separated: train, stage04, pipeline, audit, split, template, neardup, predict, scale")
     ap.add_argument("--repeats", type=int, default=5, help="alternating repetitions of each timed command")
     args = ap.parse_args()
     chosen = set(args.only.split(","))
@@ -371,6 +372,11 @@ def main() -> None:
         from predict import bench_predict
         print("\nprediction latency (interleaved repeats)")
         results += bench_predict()
+    if "scale" in chosen:
+        sys.path.insert(0, str(Path(__file__).parent))
+        from scale import bench_scale
+        print("\nscale-out (interleaved repeats)")
+        results += bench_scale(min(args.repeats, 3))
     if "pipeline" in chosen:
         results += bench_pipeline(args.repeats)
     if "template" in chosen:

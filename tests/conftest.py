@@ -147,3 +147,20 @@ def mixed_images(folder: Path, classes: int = 6, per_class: int = 20, seed: int 
                 img = img.convert("L")
             img.save(folder / f"kind_{k}" / f"{i:03d}.png")
     return folder
+
+
+@pytest.fixture
+def dvc_stages(project: Path) -> Path:
+    "Three scaffolded stages under DVC (`stagebook stage new`): 01_data, 05_check and the sealed test 06_sealed_test."
+    from stagebook.scaffold import new_stage
+
+    with (project / "pyproject.toml").open("a") as f:  # as the template's: nbdev-clean keeps papermill's tag
+        f.write('\n[tool.nbdev]\nnbs_path = "nbs"\nallowed_cell_metadata_keys = ["tags"]\n')
+    (project / "dvc.yaml").write_text("stages: {}\n")
+    subprocess.run(["dvc", "init", "-q"], cwd=project, check=True)
+    for name in ("01_data", "05_check", "06_sealed_test"):
+        new_stage(project, name)
+    (project / ".gitignore").write_text("mlflow.db\nmlartifacts/\nreports/.staging/\nreports/.locks/\n")
+    git(project, "add", "-A")
+    git(project, "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "three stages")
+    return project

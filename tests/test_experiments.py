@@ -38,3 +38,36 @@ def test_too_many_metric_columns_drop_the_earliest_stages_first_and_say_so():
     assert max(map(len, lines)) <= 120
     assert "06:metric_number_2" in lines[0] and "00:metric_number_0" not in lines[0]
     assert lines[-1].startswith("(not shown: 00:metric_number_0")
+
+
+def test_dvc_queue_runs_whole_pipeline_experiments_side_by_side(dvc_stages):
+    "DVC's own queue, no Ray: `dvc exp run --queue` twice, `dvc queue start --jobs 2`, both experiments succeed."
+    import json
+    import os
+    import subprocess
+    import time
+
+    env = {**os.environ, "DVC_NO_ANALYTICS": "1"}
+
+    def dvc(*args):
+        done = subprocess.run(["dvc", *args], cwd=dvc_stages, capture_output=True, text=True, env=env)
+        assert done.returncode == 0, done.stdout[-1500:] + done.stderr[-1500:]
+        return done.stdout
+
+    for seed in (1, 2):
+        dvc("exp", "run", "--queue", "-S", f"params/05_check.yaml:seed={seed}", "--name", f"seed-{seed}")
+    dvc("queue", "start", "--jobs", "2")
+    deadline = time.monotonic() + 300
+    while True:
+        status = dvc("queue", "status")
+        if "Success" in status and "Running" not in status and "Queued" not in status:
+            break
+        assert "Failed" not in status and time.monotonic() < deadline, status + dvc("queue", "logs", "seed-1")
+        time.sleep(2)
+    dvc("queue", "stop", "--kill")
+    shown = json.loads(dvc("exp", "show", "--json"))
+    names = {e["name"]: e for branch in shown for e in branch.get("experiments") or []
+             for e in [e["revs"][0]] if e.get("name")}
+    assert {"seed-1", "seed-2"} <= set(names), list(names)
+    seeds = {n: names[n]["data"]["params"]["params/05_check.yaml"]["data"]["seed"] for n in ("seed-1", "seed-2")}
+    assert seeds == {"seed-1": 1, "seed-2": 2}

@@ -28,7 +28,13 @@ def test_stages_are_ordered_and_resolved_by_number_or_name(toy_stage: Path):
 
 def test_unknown_setting_is_refused(project: Path):
     (project / "pyproject.toml").write_text("[tool.stagebook]\nexperimant = 'x'\n")
-    settings.cache_clear()
     with pytest.raises(StagebookError, match=r"unknown key\(s\) \['experimant'\]"):
         settings(project)
-    settings.cache_clear()
+
+
+def test_an_environment_override_takes_effect_in_a_running_process(project: Path, monkeypatch):
+    assert settings(project)["tracking_uri"] == "sqlite:///mlflow.db"
+    monkeypatch.setenv("STAGEBOOK_TRACKING_URI", "http://head:5000")  # e.g. set after the first read, in a kernel
+    assert settings(project)["tracking_uri"] == "http://head:5000"
+    monkeypatch.delenv("STAGEBOOK_TRACKING_URI")
+    assert settings(project)["tracking_uri"] == "sqlite:///mlflow.db"

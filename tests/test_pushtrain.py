@@ -13,38 +13,22 @@ import yaml
 from conftest import git
 from stagebook import StagebookError
 from stagebook.pushtrain import RESULTS_MARK, install_hook, stages_to_train
-from stagebook.scaffold import new_stage
 
 
-@pytest.fixture
-def trainable(project: Path) -> Path:
-    "Three scaffolded stages under DVC: 01_data, 05_check and the sealed test 06_sealed_test."
-    with (project / "pyproject.toml").open("a") as f:  # as the template's: nbdev-clean keeps papermill's tag
-        f.write('\n[tool.nbdev]\nnbs_path = "nbs"\nallowed_cell_metadata_keys = ["tags"]\n')
-    (project / "dvc.yaml").write_text("stages: {}\n")
-    subprocess.run(["dvc", "init", "-q"], cwd=project, check=True)
-    for name in ("01_data", "05_check", "06_sealed_test"):
-        new_stage(project, name)
-    (project / ".gitignore").write_text("mlflow.db\nmlartifacts/\nreports/.staging/\nreports/.locks/\n")
-    git(project, "add", "-A")
-    git(project, "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "three stages")
-    return project
+def test_only_stages_before_the_sealed_test_are_trained(dvc_stages: Path):
+    assert stages_to_train(dvc_stages) == ["01_data", "05_check"]
 
 
-def test_only_stages_before_the_sealed_test_are_trained(trainable: Path):
-    assert stages_to_train(trainable) == ["01_data", "05_check"]
-
-
-def test_a_push_to_train_x_trains_and_the_results_come_back_on_the_branch(trainable: Path, tmp_path: Path):
+def test_a_push_to_train_x_trains_and_the_results_come_back_on_the_branch(dvc_stages: Path, tmp_path: Path):
     bare = tmp_path / "origin.git"
     git(tmp_path, "init", "-q", "--bare", str(bare))
     hook = install_hook(bare)
     assert hook.stat().st_mode & 0o111 and sys.executable in hook.read_text()
-    git(trainable, "remote", "add", "origin", str(bare))
-    pushed = subprocess.run(["git", "push", "-q", "origin", "HEAD:refs/heads/train/x"], cwd=trainable,
+    git(dvc_stages, "remote", "add", "origin", str(bare))
+    pushed = subprocess.run(["git", "push", "-q", "origin", "HEAD:refs/heads/train/x"], cwd=dvc_stages,
                             capture_output=True, text=True)
     assert pushed.returncode == 0 and "stagebook: training train/x at" in pushed.stderr, pushed.stderr
-    start = git(trainable, "rev-parse", "HEAD").strip()
+    start = git(dvc_stages, "rev-parse", "HEAD").strip()
     deadline = time.monotonic() + 240
     while git(bare, "rev-parse", "train/x").strip() == start:
         assert time.monotonic() < deadline, (bare.parent / "origin.git.stagebook" / "train-x.log").read_text()

@@ -13,7 +13,7 @@ def _run(args) -> None:
     from .execute import run_stage
     result = run_stage(args.stage, args.set or [], track=not args.no_track, log_output=args.log_output,
                        variant_dir=Path(args.variant_dir) if args.variant_dir else None,
-                       parent_run_id=args.parent_run, run_name=args.run_name)
+                       parent_run_id=args.parent_run, run_name=args.run_name, timeout=args.timeout)
     for line in result.notices:
         print(f"stagebook: {result.stage.name}: {line}", file=sys.stderr)
     shown = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in sorted(result.metrics.items()))
@@ -29,13 +29,16 @@ def _sweep(args) -> int:
     grid = parse_grid(args.grid, stage.params_file, load_params(stage.params_file))
     summary = run_sweep(stage.name, grid, fixed=args.set or [], jobs=args.jobs, samples=args.samples, seed=args.seed,
                         track=not args.no_track, metric=args.metric, maximize=not args.minimize,
-                        out_dir=Path(args.out) if args.out else None)
-    shown = [c for c in summary.columns if c != "error"]
+                        out_dir=Path(args.out) if args.out else None, backend=args.backend, address=args.address,
+                        cpus_per_variant=args.cpus, gpus_per_variant=args.gpus, timeout=args.timeout)
+    shown = [c for c in summary.columns if c not in ("error", "run_id")]
     print(summary[shown].to_string(index=False))
-    for row in summary[summary.status != "ok"].itertuples():
+    failed = summary[summary.status != "ok"]
+    for row in failed.itertuples():
         print(f"stagebook: {row.variant} failed: {row.error}", file=sys.stderr)
-    print(f"stagebook: {len(summary)} variants in {summary.attrs['wall_seconds']:.1f} s with {summary.attrs['jobs']}"
-          f" parallel process(es)")
+    print(f"stagebook: {len(summary)} variants in {summary.attrs['wall_seconds']:.1f} s on {summary.attrs['engine']},"
+          f" {summary.attrs['jobs']} at a time; {len(failed)} failed"
+          f" ({int(failed.error.str.contains('after a retry', regex=False).sum())} lost with their worker after a retry)")
     return 0 if (summary.status == "ok").all() else 1
 
 
@@ -187,6 +190,20 @@ def _serve(args) -> None:
     from .serve import serve
     print(f"stagebook: serving on http://{args.host}:{args.port} (POST /predict, GET /health)", file=sys.stderr)
     serve(find_root(), args.host, args.port, args.version, args.runtime, args.keep_inputs)
+
+
+def _server(args) -> int:
+    import os
+
+    from .project import find_root
+    from .server import environment, server_command
+
+    root = find_root()
+    print(f"stagebook: MLflow tracking server for {root.name} on http://{args.host}:{args.port}; point sweeps and nodes"
+          f" at it with STAGEBOOK_TRACKING_URI=http://<this host>:{args.port}", file=sys.stderr)
+    command = server_command(root, args.host, args.port)
+    os.chdir(root)
+    os.execve(command[0], command, environment())
 
 
 def _harvest(args) -> int:
@@ -345,6 +362,7 @@ def parser() -> argparse.ArgumentParser:
     run.add_argument("--variant-dir", help=argparse.SUPPRESS)  # set by `stagebook sweep` for each variant
     run.add_argument("--parent-run", help=argparse.SUPPRESS)
     run.add_argument("--run-name", help=argparse.SUPPRESS)
+    run.add_argument("--timeout", type=int, help="stop a cell that runs longer than this many seconds")
     run.set_defaults(func=_run)
 
     sweep = sub.add_parser("sweep", help="grid or random search: each variant a papermill run, in parallel, nested in MLflow")
@@ -358,6 +376,12 @@ def parser() -> argparse.ArgumentParser:
     sweep.add_argument("--minimize", action="store_true", help="lower --metric is better")
     sweep.add_argument("--out", help="folder for the variants and summary.csv (default reports/sweeps/STAGE/TIME)")
     sweep.add_argument("--no-track", action="store_true", help="do not record MLflow runs")
+    sweep.add_argument("--backend", default="auto", choices=["auto", "ray", "local"],
+                       help="auto: Ray (started here, or RAY_ADDRESS's cluster), else local processes")
+    sweep.add_argument("--address", help="a Ray cluster (default: RAY_ADDRESS; none: Ray on this machine)")
+    sweep.add_argument("--cpus", type=float, help="CPUs per variant (default: this machine's cores / --jobs)")
+    sweep.add_argument("--gpus", type=float, help="GPUs per variant (default: 1 with several GPUs, a share of one)")
+    sweep.add_argument("--timeout", type=int, help="stop a variant's cell that runs longer than this many seconds")
     sweep.set_defaults(func=_sweep)
 
     embed = sub.add_parser("embed-digits", help="write scikit-learn's bundled digits as a folder-per-class PNG tree")
@@ -412,6 +436,10 @@ def parser() -> argparse.ArgumentParser:
     serve.add_argument("--runtime", default="torch", choices=["torch", "torchscript", "onnx"],
                        help="serve the version's recorded export instead of the PyTorch weights (stagebook export)")
     serve.set_defaults(func=_serve)
+    server = sub.add_parser("server", help="the project's MLflow tracking server (for sweeps on several machines)")
+    server.add_argument("--host", default="127.0.0.1", help="0.0.0.0 to let other machines reach it")
+    server.add_argument("--port", type=int, default=5000)
+    server.set_defaults(func=_server)
     harvest = sub.add_parser("harvest", help="confident logged predictions -> a review batch; --accept adds confirmed ones")
     harvest.add_argument("--min-confidence", type=float, default=0.95)
     harvest.add_argument("--limit", type=int, help="queue at most this many (most confident first)")

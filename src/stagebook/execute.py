@@ -53,7 +53,7 @@ def _environment(values: dict):
 
 def run_stage(ref: str, overrides: list[str] = (), root: Path | None = None, track: bool = True,
               log_output: bool = False, variant_dir: Path | None = None, parent_run_id: str | None = None,
-              run_name: str | None = None) -> RunResult:
+              run_name: str | None = None, timeout: int | None = None) -> RunResult:
     """Execute stage `ref` (`04`, `04_tuning`) with its params file plus `key=value` overrides.
 
     With `variant_dir` (one variant of a sweep) everything the run writes stays in that folder: no report, and the
@@ -67,14 +67,15 @@ def run_stage(ref: str, overrides: list[str] = (), root: Path | None = None, tra
     params = {**defaults, **overridden}
     check_params(stage, params, set(overridden))  # before a kernel starts: one line naming file, key and value
     data = _data_params(root)  # params/data.yaml, validated too: every stage reads it
-    lineage = lineage_mod.compute(root, params_hash({**params, **data}), str(params.get("device", "auto")))
+    world_size = int(params.get("world_size", 1)) if params.get("trainer") == "ddp" else 1
+    lineage = lineage_mod.compute(root, params_hash({**params, **data}), str(params.get("device", "auto")), world_size)
 
     staging = Path(variant_dir) if variant_dir else root / "reports" / ".staging" / stage.name
     runlock.reap_dead(root)  # runs killed earlier: KILLED in MLflow, their folders removed
     lock = None if variant_dir else runlock.acquire(root, stage.name, staging)  # one run per stage at a time
     try:
         return _run_locked(root, stage, params, lineage, staging, track, log_output, variant_dir, parent_run_id,
-                           run_name, data)
+                           run_name, data, timeout)
     finally:
         if lock is not None:
             runlock.release(lock)
@@ -82,7 +83,7 @@ def run_stage(ref: str, overrides: list[str] = (), root: Path | None = None, tra
 
 def _run_locked(root: Path, stage: Stage, params: dict, lineage, staging: Path, track: bool, log_output: bool,
                 variant_dir: Path | None, parent_run_id: str | None, run_name: str | None,
-                data: dict | None = None) -> RunResult:
+                data: dict | None = None, timeout: int | None = None) -> RunResult:
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir(parents=True)
     layout = Staging(staging)
@@ -103,7 +104,7 @@ def _run_locked(root: Path, stage: Stage, params: dict, lineage, staging: Path, 
            "PYDEVD_DISABLE_FILE_VALIDATION": "1"}  # silences a debugger warning every kernel prints
     try:
         with _environment(env):
-            _execute(stage, executed, params, root, log_output)
+            _execute(stage, executed, params, root, log_output, timeout)
             metrics = _read_json(layout.metrics)
             lineage = _after_run(root, lineage, layout)  # the data and model this run produced or used
             ended = layout.ended.read_text() if layout.ended.is_file() else None
@@ -132,8 +133,9 @@ def _run_locked(root: Path, stage: Stage, params: dict, lineage, staging: Path, 
     run_id = tracker.wait_started() if tracker is not None else None  # a broken store stops us before promotion
     if variant_dir:
         if tracker is not None:
-            tracker.finish("FINISHED", metrics, files=[executed, layout.metrics],
-                           folders=[layout.figures, layout.tables], run_dir=staging, parent_run_id=parent_run_id,
+            tracker.finish("FINISHED", metrics, files=[executed, layout.metrics],  # outputs: a winner can be fetched
+                           folders=[layout.figures, layout.tables, layout.outputs], run_dir=staging,
+                           parent_run_id=parent_run_id,
                            tags=_final_tags(lineage, ended))
         return RunResult(stage, params, metrics, lineage, run_id, notices)
     _promote(stage, layout, metrics, lineage, root)
@@ -219,13 +221,13 @@ def _first_line(err: BaseException) -> str:
     return text.splitlines()[0] if text else "(no message)"
 
 
-def _execute(stage: Stage, executed: Path, params: dict, root: Path, log_output: bool) -> None:
+def _execute(stage: Stage, executed: Path, params: dict, root: Path, log_output: bool, timeout: int | None = None) -> None:
     import papermill as pm
     from papermill.exceptions import PapermillExecutionError
 
     try:
         pm.execute_notebook(str(stage.notebook), str(executed), parameters=params, cwd=str(root),
-                            progress_bar=False, log_output=log_output, kernel_name="python3",
+                            progress_bar=False, log_output=log_output, kernel_name="python3", execution_timeout=timeout,
                             kernel_manager_class=_local_kernel_manager())
     except PapermillExecutionError as err:
         from .stage import StageEnded

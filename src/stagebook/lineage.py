@@ -34,6 +34,7 @@ class Lineage:
     torch_version: str = ""
     cuda_version: str = ""
     model_role: str = ""  # produced or used
+    world_size: int = 1  # processes training together (torch DDP, `trainer: ddp`)
 
     def as_tags(self) -> dict[str, str]:
         "MLflow tag names and string values."
@@ -80,13 +81,13 @@ def model_sha256(root: Path) -> str:
     return file_sha256(model) if model.is_file() else "none"
 
 
-def compute(root: Path, params_digest: str, device_spec: str = "auto") -> Lineage:
+def compute(root: Path, params_digest: str, device_spec: str = "auto", world_size: int = 1) -> Lineage:
     from .device import describe
     from .project import template_version
 
     commit, dirty = code_state(root)
     return Lineage(commit, dirty, data_version(root), params_digest, "none",
-                   template_version=template_version(root), **describe(device_spec))
+                   template_version=template_version(root), world_size=int(world_size), **describe(device_spec))
 
 
 def current() -> dict:

@@ -59,9 +59,16 @@ def find_root(start: Path | str | None = None) -> Path:
                          " cd into the project or set STAGEBOOK_ROOT.")
 
 
-@lru_cache(maxsize=None)
 def settings(root: Path) -> dict:
-    "`[tool.stagebook]` from the project's pyproject.toml over the defaults."
+    "`[tool.stagebook]` from the project's pyproject.toml over the defaults, and the environment's overrides over both."
+    # The Colab set-up cell moves the tracking store to Drive through these, and a sweep on several machines points
+    # at a tracking server (STAGEBOOK_TRACKING_URI): read at every call, so a change during a process takes effect.
+    overrides = {key: os.environ[var] for key, var in ENV_OVERRIDES.items() if os.environ.get(var)}
+    return {**DEFAULTS, **_file_settings(root), **overrides}
+
+
+@lru_cache(maxsize=None)
+def _file_settings(root: Path) -> dict:
     cfg = root / "pyproject.toml"
     try:
         table = tomllib.loads(cfg.read_text(encoding="utf-8")).get("tool", {}).get("stagebook", {})
@@ -70,9 +77,7 @@ def settings(root: Path) -> dict:
     unknown = sorted(set(table) - set(DEFAULTS))
     if unknown:
         raise StagebookError(f"{cfg}: unknown key(s) {unknown} in [tool.stagebook]; known keys are {sorted(DEFAULTS)}.")
-    # The Colab set-up cell moves the tracking store to Drive through these, without editing pyproject.toml.
-    overrides = {key: os.environ[var] for key, var in ENV_OVERRIDES.items() if os.environ.get(var)}
-    return {**DEFAULTS, **table, **overrides}
+    return table
 
 
 @dataclass(frozen=True)

@@ -83,7 +83,8 @@ def tag(root: Path, version, key: str, value: str) -> None:
 
 def weights(root: Path, version) -> Path:
     "The version's weights on local disk (fetched once), after checking they are the bytes that were registered."
-    return _verified(root / CACHE / f"v{version.version}.pth", version.source, version.tags.get("sha256", ""), version)
+    return _verified(root, root / CACHE / f"v{version.version}.pth", version.source, version.tags.get("sha256", ""),
+                     version)
 
 
 def attach(root: Path, version, path: Path, folder: str) -> None:
@@ -94,13 +95,13 @@ def attach(root: Path, version, path: Path, folder: str) -> None:
 def fetch(root: Path, version, artifact: str, target: Path, sha256: str) -> Path:
     "An artifact attached to the version (`folder/name`), on local disk at `target`, checked against `sha256`."
     uri = f"{client(root).get_run(version.run_id).info.artifact_uri}/{artifact}"
-    return _verified(target, uri, sha256, version)
+    return _verified(root, target, uri, sha256, version)
 
 
-def _verified(target: Path, uri: str, expected: str, version) -> Path:
+def _verified(root: Path, target: Path, uri: str, expected: str, version) -> Path:
     if not target.is_file() or file_sha256(target) != expected:
-        import mlflow.artifacts
-        fetched = Path(mlflow.artifacts.download_artifacts(artifact_uri=uri))
+        from .tracking import download
+        fetched = download(root, artifact_uri=uri)
         target.parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(fetched, target)
     if file_sha256(target) != expected:

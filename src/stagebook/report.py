@@ -60,7 +60,8 @@ def _device_text(lin: dict) -> str:
     "`cpu, torch 2.14.1` or `cuda (NVIDIA H100), torch 2.11.0, CUDA 12.8`."
     device = lin.get("device", "cpu") + (f" ({lin['gpu']})" if lin.get("gpu") else "")
     versions = [f"torch {lin['torch_version']}"] if lin.get("torch_version") else []
-    return ", ".join([device, *versions, *([f"CUDA {lin['cuda_version']}"] if lin.get("cuda_version") else [])])
+    ddp = [f"{lin['world_size']} processes (DDP)"] if int(lin.get("world_size", 1) or 1) > 1 else []
+    return ", ".join([device, *versions, *([f"CUDA {lin['cuda_version']}"] if lin.get("cuda_version") else []), *ddp])
 
 
 def class_table(df: pd.DataFrame, worst_by: str = "f1", top: int = 30, where: str = "tables/per_class.csv") -> str:

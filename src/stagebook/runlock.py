@@ -72,7 +72,7 @@ def release(lock: Path) -> None:
 def reap(root: Path, lock: Path, holder: dict) -> None:
     "Clean up after a run whose process is gone: its MLflow run KILLED, its staging folder and lock removed."
     stage, pid = holder.get("stage", lock.stem), holder.get("pid")
-    killed = _mark_killed(root, stage, pid) if pid else 0
+    killed = mark_killed(root, stage, pid) if pid else 0
     staging = Path(holder["staging"]) if holder.get("staging") else None
     if staging and staging.is_dir() and root.resolve() in staging.resolve().parents:
         shutil.rmtree(staging, ignore_errors=True)
@@ -96,7 +96,7 @@ def reap_dead(root: Path) -> int:
     return reaped
 
 
-def _mark_killed(root: Path, stage: str, pid) -> int:
+def mark_killed(root: Path, stage: str, pid) -> int:
     "Set KILLED on the RUNNING runs that process `pid` started for `stage`: its own, nested and sweep variants'."
     from .project import settings
     from .tracking import open_client, tracking_uri

@@ -56,6 +56,19 @@ def open_client(root: Path, registry: bool = False):
     return client
 
 
+def download(root: Path, artifact_uri: str | None = None, run_id: str | None = None, path: str | None = None) -> Path:
+    """An artifact on local disk (by URI, or by run and path). MLflow resolves a server's `mlflow-artifacts:` URIs
+    against its global tracking URI, so that is set to the project's store for the call."""
+    import mlflow.artifacts
+    from mlflow.tracking._tracking_service.utils import _use_tracking_uri  # set for the call, then restored
+
+    uri = tracking_uri(root)
+    with _use_tracking_uri(uri):
+        if artifact_uri:
+            return Path(mlflow.artifacts.download_artifacts(artifact_uri=artifact_uri))
+        return Path(mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=path, tracking_uri=uri))
+
+
 class Tracker:
     "The runner's handle on one MLflow run: RUNNING from `start_in_background`, FINISHED or FAILED at `finish`."
 
@@ -69,7 +82,8 @@ class Tracker:
 
     def start_in_background(self) -> None:
         env = {**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true", "GIT_PYTHON_REFRESH": "quiet",
-               "MLFLOW_LOGGING_LEVEL": "WARNING"}  # not "Creating initial MLflow database tables..."
+               "MLFLOW_LOGGING_LEVEL": "WARNING",  # not "Creating initial MLflow database tables..."
+               "MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT": "true"}  # nor "View run ... at" with a tracking server
         self._proc = subprocess.Popen([sys.executable, "-m", "stagebook.tracking"], stdin=subprocess.PIPE,
                                       stdout=subprocess.PIPE, text=True, env=env)
         self._send({"op": "start", "root": str(self.root), "stage": self.stage, "params": self.params, "pid": os.getpid(),
@@ -156,6 +170,8 @@ def experiment_id(client, root: Path) -> str:
     cfg = settings(root)
     experiment = client.get_experiment_by_name(cfg["experiment"])
     if experiment is None:
+        if tracking_uri(root).startswith(("http://", "https://")):  # the server stores artifacts (stagebook server)
+            return client.create_experiment(cfg["experiment"], tags=EXPERIMENT_TAGS)
         artifacts = (root / cfg["artifact_root"]).resolve().as_uri()
         return client.create_experiment(cfg["experiment"], artifact_location=artifacts, tags=EXPERIMENT_TAGS)
     for key, value in EXPERIMENT_TAGS.items():
@@ -286,10 +302,12 @@ def _finish(client, run_id: str, request: dict, watcher: _ChildWatcher | None = 
 def _serve() -> None:
     "The helper process: one `start` request, then one `finish` request, each answered with a JSON line."
     logging.basicConfig(level=logging.WARNING)
+    channel = sys.stdout  # replies only: anything else MLflow prints (a run's URL on a server) goes to stderr
+    sys.stdout = sys.stderr
 
     def reply(message: dict) -> None:
-        sys.stdout.write(json.dumps(message) + "\n")
-        sys.stdout.flush()
+        channel.write(json.dumps(message) + "\n")
+        channel.flush()
 
     client = run_id = watcher = None
     for line in sys.stdin:
