@@ -116,3 +116,21 @@ def test_the_local_fallback_runs_the_same_variants(sleepy: Path):
                         backend="local", track=False)
     assert summary.score.tolist() == [2.0, 1.0] and summary.attrs["engine"] == "local processes"
     assert json.loads((sleepy / "s/v01/metrics.json").read_text())["score"] == 2.0
+
+
+def test_fresh_workers_give_each_variant_a_new_ray_worker(sleepy: Path):
+    def workers(out: Path) -> list[str]:
+        return [line.split()[1] for f in sorted(out.glob("v*.attempts")) for line in f.read_text().splitlines()]
+
+    import ray
+
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)  # one Ray for both sweeps (they leave it up)
+    try:
+        run_sweep("01", {"rate": [1.0, 2.0, 3.0]}, jobs=1, root=sleepy, out_dir=sleepy / "reused", backend="ray",
+                  track=False, cpus_per_variant=2)
+        run_sweep("01", {"rate": [1.0, 2.0, 3.0]}, jobs=1, root=sleepy, out_dir=sleepy / "fresh", backend="ray",
+                  track=False, cpus_per_variant=2, fresh_workers=True)
+    finally:
+        ray.shutdown()
+    assert len(set(workers(sleepy / "reused"))) == 1  # one at a time: the same worker runs each variant's child
+    assert len(set(workers(sleepy / "fresh"))) == 3

@@ -502,7 +502,7 @@ def test_stagebook_sweep_runs_variants_in_parallel_nested_under_one_parent(proje
     summary = pd.read_csv(out / "summary.csv")
     assert sorted(summary.weight_decay) == [0.001, 0.1] and (summary.status == "ok").all()
     assert summary.valid_accuracy.is_monotonic_decreasing and (summary.epochs_run <= 2).all()
-    assert "2 variants in" in done.stdout and "2 parallel process(es)" in done.stdout
+    assert "2 variants in" in done.stdout and "on Ray on this machine" in done.stdout and "2 at a time; 0 failed" in done.stdout
     parent = [r for r in _runs(project) if r.info.run_name == "04_tuning sweep"]
     assert len(parent) == 1 and parent[0].info.status == "FINISHED"
     assert sorted(r.info.run_name for r in _children(project, parent[0])) == ["04_tuning v00", "04_tuning v01"]

@@ -30,7 +30,8 @@ def _sweep(args) -> int:
     summary = run_sweep(stage.name, grid, fixed=args.set or [], jobs=args.jobs, samples=args.samples, seed=args.seed,
                         track=not args.no_track, metric=args.metric, maximize=not args.minimize,
                         out_dir=Path(args.out) if args.out else None, backend=args.backend, address=args.address,
-                        cpus_per_variant=args.cpus, gpus_per_variant=args.gpus, timeout=args.timeout)
+                        cpus_per_variant=args.cpus, gpus_per_variant=args.gpus, timeout=args.timeout,
+                        fresh_workers=args.fresh_workers)
     shown = [c for c in summary.columns if c not in ("error", "run_id")]
     print(summary[shown].to_string(index=False))
     failed = summary[summary.status != "ok"]
@@ -382,6 +383,8 @@ def parser() -> argparse.ArgumentParser:
     sweep.add_argument("--cpus", type=float, help="CPUs per variant (default: this machine's cores / --jobs)")
     sweep.add_argument("--gpus", type=float, help="GPUs per variant (default: 1 with several GPUs, a share of one)")
     sweep.add_argument("--timeout", type=int, help="stop a variant's cell that runs longer than this many seconds")
+    sweep.add_argument("--fresh-workers", action="store_true",
+                       help="a new Ray worker process per variant (max_calls=1), not only a new child process")
     sweep.set_defaults(func=_sweep)
 
     embed = sub.add_parser("embed-digits", help="write scikit-learn's bundled digits as a folder-per-class PNG tree")

@@ -5,8 +5,9 @@ With no setting, Ray starts inside the sweep's process, sized to this machine, a
 `ray start --address HEAD:6379` on the others). Each variant is one Ray task with declared CPUs and GPUs, retried
 once if its worker dies (`max_retries=1`); the task runs the variant as it always ran, `stagebook run STAGE
 --variant-dir ...` in a fresh child process (its own interpreter, kernel, working and socket folders, GPU memory
-freed when it exits) that dies with the worker. That child is the one-variant-per-process isolation, so the Ray
-worker itself is reused: `max_calls=1` would start a new worker per variant, about 2.6 s each on a 2-core machine.
+freed when it exits) that dies with the worker. That child is the one-variant-per-process isolation, so by default
+the Ray worker itself is reused; `fresh_workers` (`sweep --fresh-workers`) sets `max_calls=1`, a new Ray worker per
+variant too, which costs about 2.6 s of worker start-up per variant on a 2-core machine.
 
 When Ray cannot be imported or started (a locked-down machine), the sweep falls back to local processes (a thread
 pool around the same child process) and says so: a sweep never fails only because the engine is missing.
@@ -130,7 +131,8 @@ def _sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def submit(engine: Engine, tasks: list[dict], num_cpus: float, num_gpus: float, jobs: int, on_done=None) -> list[dict]:
+def submit(engine: Engine, tasks: list[dict], num_cpus: float, num_gpus: float, jobs: int, on_done=None,
+           fresh_workers: bool = False) -> list[dict]:
     """Run every task (`run_variant`'s keyword arguments) on the engine; one result per task, in order. A task whose
     worker died twice comes back as {"returncode": None, "error": ...}. `on_done(index, result)` as each finishes.
     Ray runs as many at once as the resources allow; local processes, `jobs` at once."""
@@ -138,7 +140,8 @@ def submit(engine: Engine, tasks: list[dict], num_cpus: float, num_gpus: float, 
         import ray
         from ray.exceptions import RayError
 
-        remote = ray.remote(num_cpus=num_cpus, num_gpus=num_gpus, max_retries=1)(run_variant)
+        remote = ray.remote(num_cpus=num_cpus, num_gpus=num_gpus, max_retries=1,
+                            **({"max_calls": 1} if fresh_workers else {}))(run_variant)
         refs = [remote.remote(**t) for t in tasks]
         index = {ref: i for i, ref in enumerate(refs)}
         results: list = [None] * len(refs)

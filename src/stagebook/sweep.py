@@ -67,12 +67,13 @@ def run_sweep(stage_ref: str, grid: dict[str, list], fixed: list[str] = (), jobs
               seed: int = 0, root: Path | None = None, out_dir: Path | None = None, parent_run_id: str | None = None,
               track: bool = True, metric: str | None = None, maximize: bool = True, backend: str = "auto",
               address: str | None = None, cpus_per_variant: float | None = None, gpus_per_variant: float | None = None,
-              timeout: int | None = None, progress: bool | None = None):
+              timeout: int | None = None, progress: bool | None = None, fresh_workers: bool = False):
     """Run every variant of `grid` (plus the `fixed` key=value overrides) and return the summary table.
 
     Without `parent_run_id` a parent MLflow run named "<stage> sweep" is created, so the variants nest under it.
     `backend` is auto (Ray, else local processes), ray or local; `address` (or RAY_ADDRESS) names a Ray cluster.
-    `timeout` limits each notebook cell of a variant (papermill's execution timeout), in seconds.
+    `timeout` limits each notebook cell of a variant (papermill's execution timeout), in seconds. `fresh_workers`:
+    a new Ray worker per variant (`max_calls=1`) besides the variant's own child process.
     """
     import pandas as pd
 
@@ -139,7 +140,7 @@ def run_sweep(stage_ref: str, grid: dict[str, list], fixed: list[str] = (), jobs
                   file=sys.stderr, flush=True)
 
     try:
-        results = cluster.submit(engine, tasks, cpus, gpu_share, jobs, done)
+        results = cluster.submit(engine, tasks, cpus, gpu_share, jobs, done, fresh_workers)
     finally:
         cluster.stop(engine)
     rows = []
