@@ -118,7 +118,7 @@ def card_context(root: Path, version) -> dict:
 
     metric = targets.primary_metric
     measures = [("Test " + metric, tags.get("test_accuracy", "")),
-                ("95% CI", f"{tags.get('test_ci_low', '?')} to {tags.get('test_ci_high', '?')}"
+                ("95% CI", f"{_short(tags.get('test_ci_low'))} to {_short(tags.get('test_ci_high'))}"
                  if tags.get("test_ci_low") else ""),
                 ("Target (project page)", targets.target), ("Latency, batch 1 (ms)", tags.get("latency_ms", "")),
                 ("Latency budget (ms)", targets.latency_budget_ms)]
@@ -138,7 +138,8 @@ def card_context(root: Path, version) -> dict:
     train, valid = (splits.split == "train").sum(), (splits.split == "valid").sum()
     sections.append({"title": "Training data", "text": f"{train} training and {valid} validation items (data version"
                      f" `{tags.get('data_version', '')[:16]}`); groups and near-duplicates never straddle splits."
-                     "\n\n" + _section(doc, ("Motivation", "Composition", "Collection", "Preprocessing"), "data_doc.md")})
+                     " The data document (data_doc.md) holds the generated statistics.\n\n"
+                     + _answers(_section(doc, ("Motivation", "Composition", "Collection", "Preprocessing"), "data_doc.md"))})
     sections.append({"title": "Ethical considerations",
                      "text": _section(page, ("Ethical considerations",), "project_page.md")})
     caveats = _section(page, ("Caveats and recommendations", "Caveats"), "project_page.md")
@@ -158,6 +159,13 @@ def card_context(root: Path, version) -> dict:
     return {"stage": "model_card", "root": str(root), "project": targets.project, "name": registry.model_name(root),
             "version": int(version.version), "created": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
             "lineage": lineage, "sections": sections, "artifacts_dir": str(root / CARD_DIR)}
+
+
+def _answers(text: str) -> str:
+    "The data document's answers without its questions: the italic parts when a section has them."
+    answers = re.findall(r"(?<![*\w])\*([^*]+)\*(?!\*)", text)
+    kept = [re.sub(r"\s*See the generated statistics below\.?", "", a).strip() for a in answers]
+    return "\n\n".join(f"*{a}*" for a in kept if a) if answers else text
 
 
 def _short(value) -> str:
