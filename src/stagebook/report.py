@@ -189,6 +189,7 @@ def render_pdf(template: Path, pdf: Path, context: dict, workdir: Path) -> Path:
     shutil.copyfile(template, source)
     # Pweave runs the chunks in an in-process kernel; its event loop is dropped, not closed, at exit.
     logging.getLogger("asyncio").setLevel(logging.CRITICAL)
+    os.environ.setdefault("PYDEVD_DISABLE_FILE_VALIDATION", "1")  # the kernel's debugger warning, outside `run` too
     previous = os.environ.get(CONTEXT_VAR)
     os.environ[CONTEXT_VAR] = str(ctx_file)
     try:
