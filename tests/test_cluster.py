@@ -30,18 +30,19 @@ def sleepy(project: Path) -> Path:
 
 
 def _kill_workers(out: Path, plan: dict[str, int], stop: threading.Event) -> None:
-    "SIGKILL the Ray worker of variant v0N, `plan[v0N]` times, each once its child process is running."
-    killed = {name: set() for name in plan}
+    """SIGKILL the Ray worker of variant v0N, `plan[v0N]` times, each once its attempt's MLflow run exists (the
+    variant's folder then holds the run's id): mid-variant, with a run left RUNNING for the sweep to clean up."""
+    killed = {name: [] for name in plan}  # run ids of the attempts killed
     while not stop.is_set():
         for name, times in plan.items():
             attempts = out / f"{name}.attempts"
             lines = attempts.read_text().splitlines() if attempts.is_file() else []
-            for line in lines[:times]:
-                child, worker = (int(x) for x in line.split()[:2])
-                if worker not in killed[name]:
-                    time.sleep(2)  # the kernel is starting: mid-variant
-                    os.kill(worker, signal.SIGKILL)
-                    killed[name].add(worker)
+            run_file = out / name / "mlflow_run_id"
+            if len(killed[name]) < min(times, len(lines)) and run_file.is_file():
+                run_id = run_file.read_text().strip()
+                if run_id and run_id not in killed[name]:
+                    os.kill(int(lines[len(killed[name])].split()[1]), signal.SIGKILL)
+                    killed[name].append(run_id)
         time.sleep(0.2)
 
 
@@ -65,7 +66,7 @@ def test_a_killed_worker_is_retried_once_then_reported_and_the_sweep_finishes(sl
     assert parent.data.metrics["lost"] == 1 and parent.data.metrics["failed"] == 1
     assert "v01: " in parent.data.tags["stagebook.failed_variants"]
     assert not [r for r in runs if r.info.status == "RUNNING"]  # the killed attempts' runs: KILLED, no ghosts
-    assert sum(r.info.status == "KILLED" for r in runs) >= 2
+    assert sum(r.info.status == "KILLED" for r in runs) == 3  # one per killed attempt
     assert (out / "v02" / "outputs/models/w.txt").read_text() == "weights 3.0"  # the winner, here
 
 
