@@ -22,7 +22,7 @@ run: setup tex
 	@if stagebook submit --by "make run" --reason "the worked example's model"; then dvc repro && \
 	  (stagebook promote || echo "stagebook: not promoted (see above): the champion stays"); \
 	else echo "stagebook: no model submitted (see above); reports/06_sealed_test.pdf says why"; fi
-	@echo "stagebook: done. PDFs: $$(ls reports/*.pdf | tr '\n' ' ')| runs: make mlflow-ui | notebooks: make lab"
+	@echo "stagebook: done. PDFs: $$(ls reports/*.pdf reports/model_card/*.pdf 2>/dev/null | tr '\n' ' ')| runs: make mlflow-ui | notebooks: make lab"
 
 test: setup tex
 	pytest -q
