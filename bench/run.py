@@ -376,7 +376,7 @@ def main() -> None:
         sys.path.insert(0, str(Path(__file__).parent))
         from scale import bench_scale
         print("\nscale-out (interleaved repeats)")
-        results += bench_scale(min(args.repeats, 3))
+        results += bench_scale(args.repeats)
     if "pipeline" in chosen:
         results += bench_pipeline(args.repeats)
     if "template" in chosen:

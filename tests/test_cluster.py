@@ -86,9 +86,11 @@ def test_two_nodes_share_the_variants_and_every_run_reaches_the_tracking_server(
         cluster.add_node(num_cpus=1)
         cluster.wait_for_nodes()
         monkeypatch.setenv("STAGEBOOK_TRACKING_URI", f"http://127.0.0.1:{port}")
+        monkeypatch.setenv("RAY_ADDRESS", cluster.address)  # the one setting that sends a sweep to a cluster
         out = sleepy / "sweep"
         summary = run_sweep("01", {"rate": [1.0, 2.0, 3.0, 4.0]}, fixed=["seconds=2"], jobs=2, root=sleepy,
-                            out_dir=out, metric="score", address=cluster.address, cpus_per_variant=1)
+                            out_dir=out, metric="score", cpus_per_variant=1)
+        assert summary.attrs["engine"].startswith(f"Ray on cluster {cluster.address} (2 node(s)")
         assert (summary.status == "ok").all() and summary.node_id.nunique() == 2, summary[["variant", "node_id"]]
         client = MlflowClient(f"http://127.0.0.1:{port}")
         runs = client.search_runs([client.get_experiment_by_name("demo").experiment_id])
