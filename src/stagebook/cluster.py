@@ -61,7 +61,8 @@ def start(address: str | None = None, backend: str = "auto") -> Engine:
     try:
         started_here = not ray.is_initialized()
         if started_here:
-            os.environ.setdefault("RAY_AUTH_MODE", "disabled") if not address else None
+            if not address:  # a Ray of our own, reachable only from this machine: no token to manage
+                os.environ.setdefault("RAY_AUTH_MODE", "disabled")
             ray.init(address=address, include_dashboard=False, log_to_driver=False, logging_level="ERROR",
                      configure_logging=True, **({} if address else {"num_cpus": os.cpu_count() or 1}))
         resources = ray.cluster_resources()
