@@ -85,18 +85,9 @@ def errors(root: Path) -> dict:
 
 def gate_decisions(root: Path) -> dict:
     "Every promotion and refusal in the ledger, with its reasons."
-    from .seal import Ledger
+    from .promotion import decision_lines
 
-    lines = []
-    for e in Ledger(root).entries():
-        if e["event"] not in ("promote", "gate_refused"):
-            continue
-        d = e["detail"]
-        what = "promoted" if e["event"] == "promote" else "refused"
-        override = f"; override by {d['override_by']}: {d['override_reason']}" if d.get("override_by") else ""
-        lines.append(f"- {e['time'][:10]}: version {d.get('version')} {what}"
-                     f" (champion before: {d.get('champion_before') or 'none'}){override}. "
-                     + " ".join(f"{w}." for w in d.get("why", [])))
+    lines = [f"- {line}" for line in decision_lines(root)]
     return {"title": "Gate decisions", "text": "\n".join(lines) or "No model has been through the gate yet."}
 
 

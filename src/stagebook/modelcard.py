@@ -47,23 +47,6 @@ def _section(sections: dict, titles: tuple[str, ...], file: str) -> str:
     return text or UNWRITTEN.format(title=titles[0], file=file)
 
 
-def _gate_history(root: Path, sha: str) -> list[str]:
-    "Each promote / gate_refused decision on this model from the ledger, in order."
-    from .seal import Ledger
-
-    lines = []
-    for e in Ledger(root).entries():
-        if e.get("model_sha256") != sha or e["event"] not in ("promote", "gate_refused"):
-            continue
-        d = e["detail"]
-        what = "promoted to champion" if e["event"] == "promote" else "refused by the gate"
-        lines.append(f"{e['time'][:10]}: {what}" + (f" (champion before: version {d['champion_before']})"
-                                                     if d.get("champion_before") else " (first champion)")
-                     + "".join(f"; {w}" for w in d.get("why", []))
-                     + (f"; override by {d['override_by']}: {d['override_reason']}" if d.get("override_by") else ""))
-    return lines
-
-
 def _table(name: str, rows: pd.DataFrame, caption: str) -> dict:
     return {"name": name, "caption": caption, "rows": json.loads(rows.to_json(orient="records"))}
 
@@ -80,7 +63,8 @@ def card_context(root: Path, version) -> dict:
     _, meta = load_checkpoint(registry.weights(root, version))
     page, doc = markdown_sections(root / "project_page.md"), markdown_sections(root / "data_doc.md")
     targets = load_targets(root / "project_page.md")
-    history = _gate_history(root, sha)
+    from .promotion import decision_lines
+    history = decision_lines(root, sha)
 
     details = [f"**{registry.model_name(root)}**, version {version.version}; weights sha256 `{sha[:16]}`.",
                f"Architecture `{meta.get('arch', 'small_cnn')}` (width {meta.get('width')}, dropout"

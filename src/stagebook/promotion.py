@@ -168,6 +168,23 @@ def promote(root: Path, by: str = "", reason: str = "", override: bool = False, 
                     lines, verdict)
 
 
+def decision_lines(root: Path, sha: str | None = None) -> list[str]:
+    """Each gate decision in the ledger (of one model, by its sha256, or of all), in order, as one line: date,
+    version, promoted or refused, the champion before, the reasons and any override. The model card and the
+    experience report both print these."""
+    lines = []
+    for e in Ledger(root).entries():
+        if e["event"] not in ("promote", "gate_refused") or (sha is not None and e.get("model_sha256") != sha):
+            continue
+        d = e["detail"]
+        what = "promoted to champion" if e["event"] == "promote" else "refused by the gate"
+        before = f"champion before: version {d['champion_before']}" if d.get("champion_before") else "first champion"
+        lines.append(f"{e['time'][:10]}: version {d.get('version')} {what} ({before})"
+                     + "".join(f"; {w}" for w in d.get("why", []))
+                     + (f"; override by {d['override_by']}: {d['override_reason']}" if d.get("override_by") else ""))
+    return lines
+
+
 def _write_refusal(root: Path, challenger, champion, lines: list[str], verdict) -> Path:
     "The gate's refusal, with its numbers, as JSON and a PDF under reports/gate/."
     from .iorw import atomic_write_text
