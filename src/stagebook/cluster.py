@@ -14,7 +14,6 @@ pool around the same child process) and says so: a sweep never fails only becaus
 """
 from __future__ import annotations
 
-import hashlib
 import os
 import signal
 import socket
@@ -108,7 +107,8 @@ def run_variant(cmd: list[str], cwd: str, env: dict, folder: str, attempts_file:
     _, err = proc.communicate()
     metrics_file = folder_path / "metrics.json"
     outputs = folder_path / "outputs"
-    shas = {p.relative_to(folder_path).as_posix(): _sha256(p) for p in sorted(outputs.rglob("*")) if p.is_file()} \
+    from .lineage import file_sha256
+    shas = {p.relative_to(folder_path).as_posix(): file_sha256(p) for p in sorted(outputs.rglob("*")) if p.is_file()} \
         if proc.returncode == 0 and outputs.is_dir() else {}
     from .protocol import Staging
     run_id_file = Staging(folder_path).run_id
@@ -122,14 +122,6 @@ def run_variant(cmd: list[str], cwd: str, env: dict, folder: str, attempts_file:
             "metrics": json.loads(metrics_file.read_text()) if proc.returncode == 0 and metrics_file.is_file() else {},
             "outputs": shas, "run_id": run_id_file.read_text().strip() if run_id_file.is_file() else "",
             "node": node, "host": socket.gethostname(), "seconds": round(time.perf_counter() - started, 2)}
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while block := fh.read(1 << 20):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def submit(engine: Engine, tasks: list[dict], num_cpus: float, num_gpus: float, jobs: int, on_done=None,
