@@ -6,8 +6,10 @@ pipeline: `stagebook run 02_baseline` against bare `papermill` on the same noteb
           <= 1.05, median of interleaved pairs with the spread of the per-pair ratios; the difference is lineage, the MLflow runs and output promotion; timed without the stage's PDF,
           which papermill does not make, and the PDF's cost printed apart), and a no-op `dvc repro` against
           the full first `dvc repro` (target: ratio <= 0.03). Runs in a temporary copy of the project's tracked files.
-audit:    the audit (decode, hash, quarantine, duplicates; all cores) of 20,000 generated 32x32 images (2,000 of them
-          noisy copies), in images per second, against a plain single-process decode loop over the same files.
+audit:    the audit (decode, hash, quarantine, near copies with their self-test; all cores) of 20k, 80k and 320k
+          generated 32x32 images (a tenth noisy copies; bench/audit_scale.py), beside a plain single-process decode
+          of the same files: time, peak memory, the fitted growth exponent (target <= 1.1), 320k under 4 minutes, and
+          an incremental re-run after +10% images against the full audit (target <= 0.25, results identical).
 train:    the stage-04 training loop (fastai Learner over in-memory tensors, `stagebook.training`) against a plain
           PyTorch loop on the same model, tensors, optimiser, one-cycle schedule and per-epoch validation pass, in
           items per second (target:
@@ -106,51 +108,6 @@ def bench_pipeline(repeats: int) -> list[dict]:
 
 def header() -> None:
     print(f"\n{'measure':<44} {'ours':>10} {'baseline':>10} {'ratio':>7} {'target':>8}")
-
-
-def bench_audit(count: int = 20_000) -> list[dict]:
-    import numpy as np
-    from PIL import Image
-    from sklearn.datasets import load_digits
-
-    from stagebook.audit import audit
-    from stagebook.manifest import build_manifest
-
-    with tempfile.TemporaryDirectory(prefix="stagebook-bench-audit-") as tmp:
-        root = Path(tmp)
-        print(f"bench: writing {count} generated 32x32 images ...", flush=True)
-        digits = load_digits()
-        rng = np.random.default_rng(0)
-        written = []
-        for n in range(count):  # a digit on a smooth random field; every tenth image a noisy copy of an earlier one
-            if n % 10 == 9:
-                canvas = np.asarray(Image.open(written[rng.integers(0, len(written))]), float) + rng.normal(0, 6, (32, 32))
-            else:
-                canvas = np.asarray(Image.fromarray((rng.random((4, 4)) * 120).astype(np.uint8)).resize((32, 32), Image.BICUBIC), float)
-                dy, dx = rng.integers(0, 17, 2)
-                canvas[dy:dy + 16, dx:dx + 16] += np.kron(digits.images[n % len(digits.images)] * 8, np.ones((2, 2)))
-            folder = root / "imgs" / str(digits.target[n % len(digits.target)])
-            folder.mkdir(parents=True, exist_ok=True)
-            written.append(folder / f"{n:05d}.png")
-            Image.fromarray(np.clip(canvas, 0, 255).astype(np.uint8), "L").save(written[-1])
-        manifest = build_manifest("imgs", root)
-        paths = [str(root / p) for p in manifest.path]
-        start = time.perf_counter()
-        for path in paths:
-            with Image.open(path) as img:
-                img.load()
-        plain = time.perf_counter() - start
-        start = time.perf_counter()
-        result = audit(manifest, root, near_threshold="auto", progress=False)
-        ours = time.perf_counter() - start
-    header()
-    # a throughput ratio: ours / baseline in images per second, so higher is better here
-    print(f"{'audit, images per second vs plain decode':<44} {count / ours:8.0f}/s {count / plain:8.0f}/s"
-          f" {plain / ours:7.3f} {'(report)':>8}")
-    print(f"audit: {ours:.1f} s for {count} images on {os.cpu_count()} cores; plain decode {plain:.1f} s;"
-          f" {result.summary(5)['near_duplicate_pairs']} near-duplicate pairs found")
-    return [{"name": "audit images/s vs plain decode", "ours_s": ours, "baseline_s": plain,
-             "ratio": plain / ours, "target": None, "ok": True}]
 
 
 def bench_split(rows: int = 1_000_000) -> list[dict]:
@@ -362,7 +319,10 @@ def main() -> None:
     if "split" in chosen:
         results += bench_split()
     if "audit" in chosen:
-        results += bench_audit()
+        sys.path.insert(0, str(Path(__file__).parent))
+        from audit_scale import bench_audit_scale
+        print("\naudit growth (each audit in a process of its own)")
+        results += bench_audit_scale()
     if "neardup" in chosen:
         sys.path.insert(0, str(Path(__file__).parent))
         from neardup import bench_neardup

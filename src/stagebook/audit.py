@@ -69,10 +69,14 @@ def _to_standard_mode(img: Image.Image) -> tuple[Image.Image, str]:
     raise ValueError(f"unsupported mode {mode}")
 
 
-def inspect_image(path: str) -> Inspection:
-    "Decode one file (in a worker process): its hashes, size, mode conversion, thumbnails, or why it is unusable."
+def inspect_image(path: str, known: frozenset = frozenset()) -> Inspection:
+    """Decode one file (in a worker process): its hashes, size, mode conversion, thumbnails, or why it is unusable.
+    A file whose sha256 is in `known` (the audit cache) is only hashed: its `thumb` stays None and status ''."""
     data = Path(path).read_bytes()
     found = Inspection(hashlib.sha256(data).hexdigest())
+    if found.sha256 in known:
+        found.status = ""
+        return found
     if not data:
         found.status = "quarantined: zero-byte file"
         return found
@@ -106,33 +110,43 @@ def inspect_image(path: str) -> Inspection:
     return found
 
 
-def inspect_all(paths: list[str], workers: int | None = None, progress: bool = True) -> list[Inspection]:
-    "Inspect every file once, in parallel processes, in the order given."
+_KNOWN: frozenset = frozenset()  # the cache's sha256s, handed to forked workers by inheritance, not by pickling
+
+
+def _inspect_known(path: str) -> Inspection:
+    return inspect_image(path, _KNOWN)
+
+
+def inspect_all(paths: list[str], workers: int | None = None, progress: bool = True,
+                known: frozenset = frozenset()):
+    """Inspect every file once, in parallel processes; yields (position, Inspection) in the order given, so the
+    caller keeps only what it needs (memory does not hold every decoded image)."""
+    global _KNOWN
     workers = workers or os.cpu_count() or 1
     chunk = max(1, min(256, len(paths) // (workers * 8) or 1))
     bar = None
     if progress:
         from tqdm.auto import tqdm
         bar = tqdm(total=len(paths), desc="audit: decoding", unit="img", mininterval=0.5)
-    out = []
-    if workers == 1 or len(paths) < 64:
-        iterator = map(inspect_image, paths)
+    _KNOWN = frozenset(known)
+    if workers == 1 or len(paths) < 64 or os.name != "posix":
+        iterator = map(_inspect_known, paths)
         pool = None
     else:
-        pool = get_context("fork" if os.name == "posix" else "spawn").Pool(workers)
-        iterator = pool.imap(inspect_image, paths, chunksize=chunk)
+        pool = get_context("fork").Pool(workers)
+        iterator = pool.imap(_inspect_known, paths, chunksize=chunk)
     try:
-        for found in iterator:
-            out.append(found)
+        for position, found in enumerate(iterator):
+            yield position, found
             if bar is not None:
                 bar.update()
     finally:
+        _KNOWN = frozenset()
         if pool is not None:
             pool.close()
             pool.join()
         if bar is not None:
             bar.close()
-    return out
 
 
 def connected_clusters(n: int, edges: list[np.ndarray]) -> np.ndarray:
@@ -160,6 +174,12 @@ class AuditResult:
     items: pd.DataFrame
     near_pairs: pd.DataFrame
     self_test: calibration.SelfTest | None = None
+    reuse: dict | None = None       # with a cache: files decoded / taken from it, pairs verified / remembered
+
+    def reuse_sentence(self) -> str:
+        r = self.reuse
+        return "" if not r else (f"audit cache: {r['files_decoded']} file(s) decoded, {r['files_cached']} taken from the"
+                                 f" cache; {r['pairs_verified']} pair(s) verified, {r['pairs_remembered']} remembered")
 
     def summary(self, min_class_items: int) -> dict:
         usable = self.items[self.items.status == "ok"]
@@ -199,36 +219,59 @@ def parse_threshold(value, where: str = "near_threshold") -> float | None:
 
 
 def audit(manifest: pd.DataFrame, root: Path, near_threshold="auto", neighbours: int = 8, workers: int | None = None,
-          progress: bool = True, seed: int = 0) -> AuditResult:
+          progress: bool = True, seed: int = 0, cache: Path | None = None) -> AuditResult:
     """Decode and hash every manifest row; add status, converted, sizes, pixel hash and a duplicate `cluster` per row.
-    `near_threshold`: 'auto' or a number (see `parse_threshold`); the self-test runs either way."""
+    `near_threshold`: 'auto' or a number (see `parse_threshold`); the self-test runs either way. `cache`: a folder
+    where per-file results and verified pair distances are kept (`stagebook.auditcache`): a re-run decodes only new or
+    changed files and verifies only new pairs, and gives the same result as an audit without it."""
+    from .auditcache import FileCache, PairMemo
+
     threshold = parse_threshold(near_threshold)
     paths = [str(root / p) for p in manifest.path]
-    found = inspect_all(paths, workers=workers, progress=progress)
+    files = FileCache(cache) if cache else None
+    columns = {k: [None] * len(paths) for k in ("sha256", "status", "converted", "width", "height", "pixel_sha256",
+                                               "colour")}
+    thumbs_of = np.zeros((len(paths), nearcopy.THUMB, nearcopy.THUMB), np.uint8)
+    new = []
+    for at, found in inspect_all(paths, workers=workers, progress=progress, known=files.known() if files else ()):
+        if files is not None and found.sha256 in files and found.thumb is None and found.status == "":
+            fields, thumb = files.get(found.sha256)
+            found = Inspection(found.sha256, **fields)
+            found.thumb = thumb
+        elif files is not None:
+            new.append(found)
+        for key in columns:
+            columns[key][at] = getattr(found, key)
+        if found.thumb is not None:
+            thumbs_of[at] = found.thumb
     items = manifest.copy().reset_index(drop=True)
-    items["sha256"] = [f.sha256 for f in found]
-    items["status"] = [f.status for f in found]
-    items["converted"] = [f.converted for f in found]
-    items["width"] = [f.width for f in found]
-    items["height"] = [f.height for f in found]
-    items["pixel_sha256"] = [f.pixel_sha256 for f in found]
-    items["colour"] = [f.colour for f in found]
+    for key, values in columns.items():
+        items[key] = values
 
-    # Items with the same pixels are one image to the near-copy search: one representative each (smallest path).
+    # Items with the same pixels are one image to the near-copy search: one representative each (smallest path),
+    # searched in the order of their pixel hash, so the search depends on the collection, not on file order.
     ok = items.index[items.status == "ok"]
-    reps = items.loc[ok].sort_values("path").drop_duplicates("pixel_sha256").sort_index().index.to_numpy()
+    reps = items.loc[ok].sort_values("path").drop_duplicates("pixel_sha256").sort_values("pixel_sha256").index.to_numpy()
     rep_of = pd.Series(np.arange(len(reps)), index=items.pixel_sha256.to_numpy()[reps])
     near = pd.DataFrame({"i": np.empty(0, int), "j": np.empty(0, int), "distance": np.empty(0, np.float32)})
     component = np.full(len(reps), -1)
-    tested = None
+    tested, memo = None, None
     if len(reps) > 1:
-        thumbs = np.stack([found[i].thumb for i in reps])
-        sizes = np.array([[found[i].width, found[i].height] for i in reps])
+        thumbs = thumbs_of[reps]
+        sizes = items[["width", "height"]].to_numpy(dtype=np.int64)[reps]
         index = nearcopy.CandidateIndex(thumbs)
         tested = _self_test(paths, reps, index, thumbs, sizes, neighbours, threshold, seed, items.sha256)
-        pairs = nearcopy.near_pairs(thumbs, sizes, tested.threshold, neighbours, index)
+        memo = PairMemo(cache, items.pixel_sha256.to_numpy()[reps]) if cache else None
+        pairs = nearcopy.near_pairs(thumbs, sizes, tested.threshold, neighbours, index, memo=memo)
         component = nearcopy.star_clusters(len(reps), pairs, items.pixel_sha256.to_numpy()[reps])
         near = pd.DataFrame({"i": reps[pairs.i.astype(int)], "j": reps[pairs.j.astype(int)], "distance": pairs.distance})
+        near = near.assign(i=near[["i", "j"]].min(axis=1), j=near[["i", "j"]].max(axis=1)).sort_values(["i", "j"],
+                                                                                                      ignore_index=True)
+        if memo is not None:
+            memo.write()
+    if files is not None:
+        files.write(new, set(items.sha256))
+    del thumbs_of
     # Every usable item joins its pixel representative's star cluster; exact copies are joined by their bytes too.
     cluster_of = np.arange(len(items)) + len(reps)
     cluster_of[ok] = component[rep_of.loc[items.pixel_sha256.to_numpy()[ok]].to_numpy()]
@@ -237,7 +280,10 @@ def audit(manifest: pd.DataFrame, root: Path, near_threshold="auto", neighbours:
     # The split keeps every verified pair together, so it follows chains the clusters do not (`near_unit`).
     chained = connected_clusters(len(items), edges + [near[["i", "j"]].to_numpy(dtype=np.int64)])
     items["near_unit"] = stable_cluster_ids(chained, items.sha256).str.replace("dup:", "near:", regex=False)
-    return AuditResult(items, near, tested)
+    reuse = None if files is None else {"files_decoded": len(new), "files_cached": len(items) - len(new),
+                                        "pairs_verified": memo.verified if memo else 0,
+                                        "pairs_remembered": memo.remembered if memo else 0}
+    return AuditResult(items, near, tested, reuse)
 
 
 def _self_test(paths, reps, index, thumbs, sizes, neighbours, threshold, seed, keys) -> calibration.SelfTest:

@@ -97,12 +97,15 @@ def _audit(args) -> None:
 
     root = Path.cwd()
     items = build_manifest(Path(args.path), root)
-    result = audit(items, root, args.near_threshold, workers=args.workers or None, progress=sys.stderr.isatty())
+    result = audit(items, root, args.near_threshold, workers=args.workers or None, progress=sys.stderr.isatty(),
+                   cache=Path(args.cache) if args.cache else None)
     summary = result.summary(args.min_class_items)
     for key, value in summary.items():
         print(f"{key:>30}: {', '.join(value) if isinstance(value, list) else value}")
     if result.self_test is not None:
         print(f"stagebook: {result.self_test.sentence()}")
+    if result.reuse:
+        print(f"stagebook: {result.reuse_sentence()}")
     for row in result.items[result.items.status != "ok"].itertuples():
         print(f"  {row.path}: {row.status}")
     if args.out:
@@ -399,6 +402,8 @@ def parser() -> argparse.ArgumentParser:
     audit.add_argument("--min-class-items", type=int, default=5, help="classes with fewer usable items are reported")
     audit.add_argument("--workers", type=int, default=0, help="decoding processes (0: all cores)")
     audit.add_argument("--out", help="also write the per-item audit table to this CSV")
+    audit.add_argument("--cache", help="keep per-file results and pair distances in this folder: a re-run decodes only"
+                                       " new or changed files (stage 01 uses data/audit_cache)")
     audit.set_defaults(func=_audit)
 
     data = sub.add_parser("data", help="the project's data: `stagebook data use PATH` (a folder or CSV manifest)")

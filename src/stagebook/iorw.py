@@ -9,11 +9,16 @@ from pathlib import Path
 
 def atomic_write_text(path: Path, text: str) -> None:
     "Write `text` to a sibling temp file, then rename it over `path` (atomic on one filesystem)."
+    atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    "Write `data` to a sibling temp file, then rename it over `path` (atomic on one filesystem)."
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

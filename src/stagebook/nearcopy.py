@@ -1,8 +1,11 @@
 """Near copies: which images are shifted, cropped, re-lit, noisy, blurred, re-encoded or resized copies of another.
 
-Every image is described by a grey 32-px thumbnail and its size. Three steps, none of them all-pairs:
-- candidates: an approximate nearest-neighbour index (faiss HNSW) over the inner 6×6 of 8-px normalised thumbnails,
-  probed with the query moved in half-pixel steps, so a copy moved by up to an eighth of its side is a neighbour;
+Every image is described by a grey 32-px thumbnail (uint8) and its size. Three steps, none of them all-pairs:
+- candidates: a nearest-neighbour index over the inner 6×6 of 8-px normalised thumbnails (exact below
+  EXACT_BELOW images; above, faiss IVF lists of about LIST_SIZE images found through a small HNSW graph of their
+  centroids, whose cost per query does not grow with the collection), probed with the query moved in half-pixel
+  steps, so a copy moved by up to an eighth of its side is a neighbour. Within one collection each pair is probed
+  from both ends, so half the moves suffice (`SELF_SHIFTS`);
 - verification: each candidate pair is aligned and compared. Alignment searches whole pixels at 32 px around the
   offset the probe that found the pair saw, then half pixels; for a pair whose sizes say one is a crop of the other
   (both sides 80-100%), the smaller is placed on the larger's pixel scale (searched at 16 px first). Both thumbnails
@@ -21,9 +24,17 @@ from PIL import Image
 THUMB = 32                 # side of the stored thumbnail
 HNSW_LINKS = 16            # graph degree of the nearest-neighbour index
 PROBE_SHIFTS = [(dx, dy) for dy in (-4, -2, 0, 2, 4) for dx in (-4, -2, 0, 2, 4)]  # at 32 px: up to 12.5% of the side
-PROBE_NEAREST = 8          # neighbours kept per moved probe
+# A pair (a, b) that a's probe moved by (dx, dy) finds, b's probe moved by (-dx, -dy) finds too: a collection searched
+# against itself needs only one of each opposite pair of moves (measured: the same verified pairs, half the time).
+SELF_SHIFTS = [(dx, dy) for dx, dy in PROBE_SHIFTS if (dy, dx) >= (0, 0)]
+PROBE_NEAREST = 4          # neighbours kept per moved probe
+EXACT_BELOW = 5000         # collections smaller than this are searched exactly (all pairs)
+LIST_SIZE = 128            # images per IVF list above that
+NPROBE = 3                 # IVF lists visited per query
+QUERY_CHUNK = 32768        # queries prepared at once (bounds memory)
 CANDIDATE_GATE = 0.2       # 1 - correlation at 8 px within which a candidate is kept (8-px images moved a pixel: 0.2)
 MARGIN = 2                 # 32-px pixels at the edges of an overlap left out: a moved copy's filled edge blends there
+PREFILTER = 0.15          # 1 - correlation at 16 px beyond which a pair is not searched at 32 px (copies: <= 0.12)
 COARSE_SHIFT = 2           # whole pixels searched at 16 px (12.5% of the side)
 CROP_RANGE = (0.8, 1.0)    # size ratios at which one image may be a crop of the other
 MIN_OVERLAP = 0.4          # of the larger image's thumbnail, for a correlation to count
@@ -31,14 +42,18 @@ BATCH = 4096               # pairs aligned at once
 
 
 def thumbnail(gray: Image.Image) -> np.ndarray:
-    "The 32×32 float thumbnail that stands for an image (mode L)."
-    return np.asarray(gray.resize((THUMB, THUMB), Image.BILINEAR), dtype=np.float32)
+    "The 32×32 uint8 thumbnail that stands for an image (mode L): 1 KB per image, the audit's only per-image state."
+    return np.asarray(gray.resize((THUMB, THUMB), Image.BILINEAR), dtype=np.uint8)
 
 
 def pooled(thumbs: np.ndarray, side: int) -> np.ndarray:
-    "Thumbnails averaged down to `side` pixels."
-    n, f = len(thumbs), THUMB // side
-    return thumbs.reshape(n, side, f, side, f).mean(axis=(2, 4))
+    "Thumbnails averaged down to `side` pixels (float32; torch's pooling, many times numpy's strided mean)."
+    import torch
+    import torch.nn.functional as F
+
+    f = thumbs.shape[-1] // side
+    x = torch.from_numpy(np.ascontiguousarray(thumbs, dtype=np.float32))[:, None]
+    return F.avg_pool2d(x, f)[:, 0].numpy() if f > 1 else x[:, 0].numpy()
 
 
 def _normalise(flat: np.ndarray) -> np.ndarray:
@@ -49,47 +64,74 @@ def _normalise(flat: np.ndarray) -> np.ndarray:
     return flat / np.where(norm > 0, norm, 1)
 
 
-def _moved(thumbs: np.ndarray, dx: int, dy: int) -> np.ndarray:
+def _border_fill(thumbs: np.ndarray) -> np.ndarray:
+    "Each thumbnail's border median: what fills the edge a move uncovers."
+    return np.median(np.concatenate([thumbs[:, 0, :], thumbs[:, -1, :], thumbs[:, :, 0], thumbs[:, :, -1]], axis=1),
+                     axis=1).astype(np.float32)
+
+
+def _moved(thumbs: np.ndarray, dx: int, dy: int, fill: np.ndarray | None = None) -> np.ndarray:
     "Thumbnails moved by (dx, dy) pixels, the uncovered edge filled with each one's border median."
-    out = np.empty_like(thumbs)
-    fill = np.median(np.concatenate([thumbs[:, 0, :], thumbs[:, -1, :], thumbs[:, :, 0], thumbs[:, :, -1]], axis=1), axis=1)
-    out[:] = fill[:, None, None]
+    out = np.empty(thumbs.shape, np.float32)
+    out[:] = (_border_fill(thumbs) if fill is None else fill)[:, None, None]
     h, w = thumbs.shape[1:]
     out[:, max(dy, 0):h + min(dy, 0), max(dx, 0):w + min(dx, 0)] = thumbs[:, max(-dy, 0):h + min(-dy, 0), max(-dx, 0):w + min(-dx, 0)]
     return out
 
 
-def _key(thumbs: np.ndarray) -> np.ndarray:
-    "What the index compares: the inner 6×6 of the 8-px thumbnail (a moved copy differs most at its edges)."
-    return pooled(thumbs, 8)[:, 1:-1, 1:-1]
+def keys(thumbs: np.ndarray, shifts: list[tuple[int, int]]):
+    """What the index compares, per move in `shifts` (even 32-px pixels): the normalised inner 6×6 of the 8-px
+    thumbnail of the moved thumbnail (a moved copy differs most at its edges). Moves are made at 16 px, where an even
+    32-px move is a whole pixel: the same numbers for a sixteenth of the work. Yields (dx, dy, keys)."""
+    fill = _border_fill(thumbs)
+    at16 = pooled(thumbs, 16)
+    for dx, dy in shifts:
+        moved = at16 if (dx, dy) == (0, 0) else _moved(at16, dx // 2, dy // 2, fill)
+        yield dx, dy, np.ascontiguousarray(_normalise(pooled(moved, 8)[:, 1:-1, 1:-1]))
 
 
 class CandidateIndex:
-    "An HNSW graph over the 8-px normalised thumbnails of a collection; a query returns its likely copies."
+    """A nearest-neighbour index over the 8-px keys of a collection; a query returns its likely copies. Built from
+    the thumbnails in the order given, on one thread, so the same collection in the same order gives the same
+    index (the audit orders it by pixel hash)."""
 
     def __init__(self, thumbs: np.ndarray):
         import faiss
 
-        points = np.ascontiguousarray(_normalise(_key(thumbs)))
-        faiss.omp_set_num_threads(1)  # a graph built by one thread is the same graph every run: reproducible clusters
-        self.index = faiss.IndexHNSWFlat(points.shape[1], HNSW_LINKS)
+        points = next(keys(thumbs, [(0, 0)]))[2]
+        faiss.omp_set_num_threads(1)  # a structure built by one thread is the same every run: reproducible clusters
+        if len(points) < EXACT_BELOW:
+            self.index = faiss.IndexFlatL2(points.shape[1])
+        else:
+            lists = len(points) // LIST_SIZE
+            self.quantizer = faiss.IndexHNSWFlat(points.shape[1], HNSW_LINKS)
+            self.index = faiss.IndexIVFFlat(self.quantizer, points.shape[1], lists)
+            self.index.cp.seed, self.index.cp.niter = 0, 8
+            sample = np.random.default_rng(0).choice(len(points), min(len(points), 40 * lists), replace=False)
+            self.index.train(points[np.sort(sample)])
+            self.index.nprobe = NPROBE
+            self.quantizer.hnsw.efSearch = max(16, 2 * NPROBE)
         self.index.add(points)
-        faiss.omp_set_num_threads(os.cpu_count() or 1)  # searching a fixed graph is deterministic in any thread count
+        faiss.omp_set_num_threads(os.cpu_count() or 1)  # searching a fixed index is deterministic in any thread count
 
-    def search(self, thumbs: np.ndarray, k: int, within: float = CANDIDATE_GATE) -> np.ndarray:
+    def search(self, thumbs: np.ndarray, k: int, within: float = CANDIDATE_GATE,
+               shifts: list[tuple[int, int]] = PROBE_SHIFTS) -> np.ndarray:
         """Rows (query, item, dx, dy, distance): the item is among the k nearest of the query (PROBE_NEAREST of each
         moved probe) within 1 - correlation `within` at 8 px; the item looks like the query moved by (dx, dy) 32-px
-        pixels. A pair found by several probes keeps the closest."""
+        pixels. A pair found by several probes keeps the closest; each query keeps its k + PROBE_NEAREST closest."""
         if not len(self) or not len(thumbs):
             return np.empty((0, 5))
-        self.index.hnsw.efSearch = max(64, 4 * k)
+        parts = [self._search(thumbs[at:at + QUERY_CHUNK], k, within, shifts, at)
+                 for at in range(0, len(thumbs), QUERY_CHUNK)]
+        return np.concatenate(parts)
+
+    def _search(self, thumbs, k, within, shifts, offset) -> np.ndarray:
         found = []
-        for dx, dy in PROBE_SHIFTS:  # moved at 32 px, then pooled: half-pixel steps at 8 px
-            probe = np.ascontiguousarray(_normalise(_key(_moved(thumbs, dx, dy) if (dx, dy) != (0, 0) else thumbs)))
+        for dx, dy, probe in keys(thumbs, shifts):  # moved at 32 px, then pooled: half-pixel steps at 8 px
             nearest_k = min(k if (dx, dy) == (0, 0) else PROBE_NEAREST, len(self))
             squared, nearest = self.index.search(probe, nearest_k)
             close = (nearest.ravel() >= 0) & (squared.ravel() / 2 <= within)  # unit vectors: |a - b|^2 = 2 (1 - corr)
-            rows = np.repeat(np.arange(len(thumbs)), nearest_k)[close]
+            rows = np.repeat(np.arange(len(thumbs)), nearest_k)[close] + offset
             found.append(np.stack([rows, nearest.ravel()[close], np.full(len(rows), dx), np.full(len(rows), dy),
                                    squared.ravel()[close] / 2], axis=1))
         rows = np.concatenate(found)
@@ -162,7 +204,7 @@ def _grid(reach: float, step: float) -> list[tuple[float, float]]:
     return [(float(x), float(y)) for y in values for x in values]
 
 
-def _whole_pixel_search(a, b, centre: np.ndarray, reach: int):
+def _whole_pixel_search(a, b, centre: np.ndarray, reach: int, margin: int = MARGIN):
     """Same-frame pairs: the best whole-pixel offset of b (a ≈ b moved by it) within `reach` of `centre`, and its
     1 - correlation over the overlap; by slicing, one group of pairs with the same centre at a time (torch tensors)."""
     import torch
@@ -178,7 +220,7 @@ def _whole_pixel_search(a, b, centre: np.ndarray, reach: int):
             for dx in range(cx - reach, cx + reach + 1):
                 if abs(dx) >= w // 2 or abs(dy) >= h // 2:
                     continue
-                m = MARGIN
+                m = margin
                 wa = ga[:, max(dy, 0) + m:h + min(dy, 0) - m, max(dx, 0) + m:w + min(dx, 0) - m].reshape(len(rows), -1)
                 wb = gb[:, max(-dy, 0) + m:h + min(-dy, 0) - m, max(-dx, 0) + m:w + min(-dx, 0) - m].reshape(len(rows), -1)
                 wa = wa - wa.mean(dim=1, keepdim=True)
@@ -202,7 +244,15 @@ def _align_pairs(a32: np.ndarray, b32: np.ndarray, scale: np.ndarray, gate: floa
     a, b = torch.from_numpy(a32), torch.from_numpy(b32)
     if (scale == 1).all():
         centre = np.zeros((len(a32), 2)) if hint is None else hint
-        rough, coarse = _whole_pixel_search(a, b, centre, 4 if hint is None else 1)
+        # At 16 px first (a sixteenth of the work): pairs that are far apart there are no copies at any threshold
+        at16, _ = _whole_pixel_search(torch.from_numpy(pooled(a32, 16)), torch.from_numpy(pooled(b32, 16)),
+                                      np.round(centre / 2), 2 if hint is None else 1, margin=MARGIN // 2)
+        rough = at16.clone()
+        coarse = torch.zeros(len(a32), 2)
+        close = torch.nonzero(at16 <= PREFILTER).flatten()
+        if len(close):
+            rough[close], coarse[close] = _whole_pixel_search(a[close], b[close], centre[close.numpy()],
+                                                              4 if hint is None else 1)
     else:  # a crop: the smaller image may sit anywhere in the room the crop left; search at 16 px, then at 32
         reach = COARSE_SHIFT + int(np.ceil((1 - scale.min()) * 8))
         ratio = torch.from_numpy(scale.astype(np.float32))
@@ -219,11 +269,12 @@ def _align_pairs(a32: np.ndarray, b32: np.ndarray, scale: np.ndarray, gate: floa
 
 
 def _smoothed(thumbs: np.ndarray) -> np.ndarray:
-    "A [1, 2, 1] / 4 blur each way: pixel noise counts a third as much; structure wider than 2 px stays."
+    "A [1, 2, 1] / 4 blur each way (float32): pixel noise counts a third as much; structure wider than 2 px stays."
+    thumbs = thumbs.astype(np.float32)
     out = thumbs.copy()
-    out[:, 1:-1, :] = (thumbs[:, :-2, :] + 2 * thumbs[:, 1:-1, :] + thumbs[:, 2:, :]) / 4
+    out[:, 1:-1, :] = (thumbs[:, :-2, :] + thumbs[:, 2:, :]) * 0.25 + thumbs[:, 1:-1, :] * 0.5
     tmp = out.copy()
-    out[:, :, 1:-1] = (tmp[:, :, :-2] + 2 * tmp[:, :, 1:-1] + tmp[:, :, 2:]) / 4
+    out[:, :, 1:-1] = (tmp[:, :, :-2] + tmp[:, :, 2:]) * 0.25 + tmp[:, :, 1:-1] * 0.5
     return out
 
 
@@ -236,10 +287,13 @@ def pair_distances(thumbs_a: np.ndarray, sizes_a: np.ndarray, thumbs_b: np.ndarr
     import torch
 
     out = np.empty(len(thumbs_a), dtype=np.float32)
+    # Pairs with the same hint are searched around the same offset: batched together, each batch is one or two
+    # slicing groups instead of 25 (the search's cost was Python's, per group).
+    order = np.arange(len(thumbs_a)) if hint is None else np.lexsort((hint[:, 1], hint[:, 0]))
     with torch.inference_mode():
         torch.set_num_threads(os.cpu_count() or 1)
         for start in range(0, len(thumbs_a), BATCH):
-            part = slice(start, start + BATCH)
+            part = order[start:start + BATCH]
             a, b = thumbs_a[part], thumbs_b[part]
             size_a, size_b = sizes_a[part].astype(np.float64), sizes_b[part].astype(np.float64)
             a, b = _smoothed(a), _smoothed(b)
@@ -262,12 +316,13 @@ def _no_pairs() -> pd.DataFrame:
 
 
 def near_pairs(thumbs: np.ndarray, sizes: np.ndarray, threshold: float, neighbours: int = 8,
-               index: CandidateIndex | None = None) -> pd.DataFrame:
-    "Verified near-copy pairs (i < j, distance <= threshold) within one collection."
+               index: CandidateIndex | None = None, memo=None) -> pd.DataFrame:
+    """Verified near-copy pairs (i < j, distance <= threshold) within one collection. `memo`
+    (`auditcache.PairMemo`): distances remembered from an earlier audit, and where this one's are recorded."""
     if len(thumbs) < 2:
         return _no_pairs()
     index = index or CandidateIndex(thumbs)
-    found = index.search(thumbs, neighbours + 1)
+    found = index.search(thumbs, neighbours + 1, shifts=SELF_SHIFTS)
     found = found[found[:, 0] != found[:, 1]]
     if not len(found):
         return _no_pairs()
@@ -277,14 +332,23 @@ def near_pairs(thumbs: np.ndarray, sizes: np.ndarray, threshold: float, neighbou
     order = np.lexsort((found[:, 4], j, i))
     keep = order[np.r_[True, (np.diff(i[order]) != 0) | (np.diff(j[order]) != 0)]]
     i, j, hint = i[keep], j[keep], hint[keep]
-    dist = pair_distances(thumbs[i], sizes[i], thumbs[j], sizes[j], gate=coarse_gate(threshold), hint=hint)
+    gate = coarse_gate(threshold)
+    dist = memo.lookup(i, j, hint, gate) if memo is not None else np.full(len(i), np.nan, np.float32)
+    todo = np.flatnonzero(np.isnan(dist))
+    if len(todo):
+        dist[todo] = pair_distances(thumbs[i[todo]], sizes[i[todo]], thumbs[j[todo]], sizes[j[todo]], gate=gate,
+                                    hint=hint[todo])
+    if memo is not None:
+        memo.record(i, j, hint, gate, dist)
     ok = dist <= threshold
     return pd.DataFrame({"i": i[ok], "j": j[ok], "distance": dist[ok]})
 
 
 def coarse_gate(threshold: float) -> float:
-    "How far after the whole-pixel search at 32 px a pair may lie and still be aligned finer."
-    return max(0.03, 4 * threshold)
+    """How far after the whole-pixel search at 32 px a pair may lie and still be aligned finer: 4x the threshold,
+    rounded up to a power of the square root of 2, so a threshold chosen afresh by each audit's self-test mostly
+    keeps the same gate (and remembered distances stay valid)."""
+    return float(2.0 ** (np.ceil(2 * np.log2(max(0.03, 4 * threshold))) / 2))
 
 
 def star_clusters(n: int, pairs: pd.DataFrame, keys: np.ndarray) -> np.ndarray:

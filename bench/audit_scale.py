@@ -1,0 +1,180 @@
+"""How the audit's cost grows with the collection, and what an incremental re-run costs (`make bench --only audit`).
+
+The images are generated once into a cache folder and reused: image n is a pure function of n (a digit on a smooth
+random field; every tenth a noisy copy of an earlier one), so the 20k collection is the first 20k of the 80k one,
+and so on. Each audit runs in its own process, so its peak memory (the process and its workers) is its own.
+"""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from multiprocessing import get_context
+from pathlib import Path
+
+import numpy as np
+
+CACHE = Path(tempfile.gettempdir()) / "stagebook-bench-audit-images"
+SIDE = 32
+
+
+def _digits():
+    from sklearn.datasets import load_digits
+    digits = load_digits()
+    return digits.images, digits.target
+
+
+def pixels(n: int, digits=None) -> np.ndarray:
+    "Image n (uint8, 32x32): a digit on a smooth field, or for n % 10 == 9 a noisy copy of an earlier image."
+    from PIL import Image
+
+    images, _ = digits or _digits()
+    rng = np.random.default_rng(n)
+    if n % 10 == 9:
+        m = int(rng.integers(0, n))
+        m -= m % 10 == 9
+        return np.clip(pixels(m, digits).astype(float) + rng.normal(0, 6, (SIDE, SIDE)), 0, 255).astype(np.uint8)
+    canvas = np.asarray(Image.fromarray((rng.random((4, 4)) * 120).astype(np.uint8)).resize((SIDE, SIDE), Image.BICUBIC), float)
+    dy, dx = rng.integers(0, 17, 2)
+    canvas[dy:dy + 16, dx:dx + 16] += np.kron(images[n % len(images)] * 8, np.ones((2, 2)))
+    return np.clip(canvas, 0, 255).astype(np.uint8)
+
+
+def path_of(n: int, targets) -> str:
+    return f"imgs/{targets[n % len(targets)]}/{n:06d}.png"
+
+
+def _write(span: tuple[int, int]) -> None:
+    from PIL import Image
+
+    digits = _digits()
+    for n in range(*span):
+        dest = CACHE / path_of(n, digits[1])
+        if not dest.exists():
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            Image.fromarray(pixels(n, digits), "L").save(dest)
+
+
+def generate(count: int) -> Path:
+    "The first `count` images in the cache folder (written once, in parallel)."
+    marker = CACHE / f".complete-{count}"
+    if not marker.exists():
+        print(f"bench: writing {count} generated {SIDE}x{SIDE} images to {CACHE} (once) ...", flush=True)
+        spans = [(s, min(s + 5000, count)) for s in range(0, count, 5000)]
+        with get_context("fork").Pool(os.cpu_count() or 1) as pool:
+            pool.map(_write, spans)
+        marker.write_text("")
+    return CACHE
+
+
+def manifest(count: int, start: int = 0):
+    "The manifest of images start..count (path relative to the cache folder, label)."
+    import pandas as pd
+    targets = _digits()[1]
+    rows = [(path_of(n, targets), str(targets[n % len(targets)])) for n in range(start, count)]
+    return pd.DataFrame({"path": [p for p, _ in rows], "label": [lab for _, lab in rows], "group": "", "source": "",
+                         "annotator": ""})
+
+
+# What one measured audit runs, in a process of its own: python audit_scale.py measure COUNT [CACHE_DIR]
+def _measure(count: int, cache: str | None) -> None:
+    import resource
+
+    import faiss  # noqa: F401  (imported before the clock starts: stage 01's kernel has them loaded already)
+    import torch  # noqa: F401
+
+    from stagebook.audit import audit
+
+    items = manifest(count)
+    base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    start = time.perf_counter()
+    result = audit(items, CACHE, near_threshold="auto", progress=False, cache=Path(cache) if cache else None)
+    seconds = time.perf_counter() - start
+    summary = result.summary(5)
+    out = {"count": count, "seconds": seconds, "peak_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+           "import_mib": base / 1024, "worker_peak_mib": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024,
+           "pairs": summary["near_duplicate_pairs"], "clusters": summary["duplicate_clusters"],
+           "recall": summary.get("self_test_recall"), "fingerprint": _fingerprint(result), "reuse": result.reuse}
+    print("RESULT " + json.dumps(out), flush=True)
+
+
+def _fingerprint(result) -> str:
+    "A hash of everything the audit decided, to compare a full and an incremental audit."
+    import hashlib
+    cols = ["path", "sha256", "status", "converted", "width", "height", "pixel_sha256", "colour", "cluster", "near_unit"]
+    text = result.items[cols].to_csv(index=False) + result.near_pairs.round(6).to_csv(index=False)
+    if result.self_test:
+        text += json.dumps(result.self_test.numbers(), sort_keys=True)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def measure(count: int, cache: Path | None = None) -> dict:
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(__file__).resolve().parents[1] / "src"),
+                                                         os.environ.get("PYTHONPATH", "")])}
+    done = subprocess.run([sys.executable, __file__, "measure", str(count), str(cache or "")], capture_output=True,
+                          text=True, env=env)
+    line = [x for x in done.stdout.splitlines() if x.startswith("RESULT ")]
+    if done.returncode or not line:
+        raise RuntimeError(f"audit of {count} images failed:\n{done.stdout[-2000:]}\n{done.stderr[-3000:]}")
+    return json.loads(line[-1][len("RESULT "):])
+
+
+def plain_decode(count: int) -> float:
+    "The bare baseline: one process opening and decoding the same files, nothing else."
+    from PIL import Image
+    paths = [CACHE / p for p in manifest(count).path]
+    start = time.perf_counter()
+    for path in paths:
+        with Image.open(path) as img:
+            img.load()
+    return time.perf_counter() - start
+
+
+def bench_audit_scale(sizes=(20_000, 80_000, 320_000)) -> list[dict]:
+    """Audit time and peak memory at each size, the fitted growth exponent, and an incremental re-run after +10%
+    images at the largest size against a full audit of the same files (and their results compared)."""
+    import shutil
+
+    generate(max(sizes))
+    rows = []
+    for count in sizes:
+        plain = plain_decode(count)
+        print(f"bench: auditing {count} images ...", flush=True)
+        rows.append({**measure(count), "plain": plain})
+    n = np.array([r["count"] for r in rows], float)
+    t = np.array([r["seconds"] for r in rows])
+    exponent = float(np.polyfit(np.log(n), np.log(t), 1)[0])
+    largest = sizes[-1]
+    cache = Path(tempfile.mkdtemp(prefix="stagebook-bench-audit-cache-"))
+    try:
+        print(f"bench: incremental: {int(largest * 10 / 11)} images with a cache, then all {largest} ...", flush=True)
+        measure(int(largest * 10 / 11), cache)
+        incremental = measure(largest, cache)
+    finally:
+        shutil.rmtree(cache, ignore_errors=True)
+    full = rows[-1]
+    print(f"\n{'images':>8} {'audit s':>9} {'img/s':>8} {'plain decode s':>15} {'peak MiB':>9} {'(after imports)':>16}"
+          f" {'workers MiB':>12} {'near pairs':>11}")
+    for r in rows:
+        print(f"{r['count']:>8} {r['seconds']:>9.1f} {r['count'] / r['seconds']:>8.0f} {r['plain']:>15.1f}"
+              f" {r['peak_mib']:>9.0f} {r['peak_mib'] - r['import_mib']:>16.0f} {r['worker_peak_mib']:>12.0f} {r['pairs']:>11}")
+    same = incremental["fingerprint"] == full["fingerprint"]
+    ratio = incremental["seconds"] / full["seconds"]
+    print(f"growth exponent (log time vs log images): {exponent:.2f}  target <= 1.1  {'ok' if exponent <= 1.1 else 'OVER TARGET'}")
+    print(f"{largest} images: {full['seconds']:.0f} s  target < 240 s  {'ok' if full['seconds'] < 240 else 'OVER TARGET'}")
+    print(f"incremental after +10%: {incremental['seconds']:.1f} s vs full {full['seconds']:.1f} s = {ratio:.3f}"
+          f"  target <= 0.25  {'ok' if ratio <= 0.25 else 'OVER TARGET'}; result identical to the full audit: {same}"
+          f"  ({incremental['reuse']})")
+    return [{"name": "audit growth exponent", "ours_s": exponent, "baseline_s": 1.1, "ratio": exponent / 1.1,
+             "target": 1.0, "ok": exponent <= 1.1},
+            {"name": f"audit {largest} images (s)", "ours_s": full["seconds"], "baseline_s": 240.0,
+             "ratio": full["seconds"] / 240, "target": 1.0, "ok": full["seconds"] < 240},
+            {"name": "incremental audit vs full", "ours_s": incremental["seconds"], "baseline_s": full["seconds"],
+             "ratio": ratio, "target": 0.25, "ok": ratio <= 0.25 and same}]
+
+
+if __name__ == "__main__" and len(sys.argv) > 1 and sys.argv[1] == "measure":
+    _measure(int(sys.argv[2]), sys.argv[3] or None)

@@ -1,0 +1,152 @@
+"""What an audit remembers between runs, so a re-run costs about the new images, with the same result.
+
+Two tables in one folder (stage 01 keeps it in `data/audit_cache/`, a persistent DVC output):
+- per file, keyed by its sha256: status, conversion, size, pixel hash, colour and the 32-px thumbnail, i.e.
+  everything decoding found. A changed file has a new sha256 and is decoded again; a file that is gone is simply
+  not asked for, and drops out of the cache at the next compaction.
+- per verified candidate pair, keyed by both pixel hashes, the offset the search saw and the verification's gate:
+  the distance. Verification is a pure function of those, so a remembered distance is the one a full audit computes.
+
+The candidate search itself runs over the whole collection every time (a few seconds per 100k images): it depends
+on the collection as a whole, and running it is what makes an incremental audit identical to a full one.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from .iorw import atomic_write_bytes
+
+FILES = "files-{:04d}.npz"
+PAIRS = "pairs.npz"
+MAX_SHARDS = 8            # more shards than this, or a quarter of the entries stale: rewrite as one
+FIELDS = ("status", "converted", "width", "height", "pixel_sha256", "colour")
+
+
+def _save(path: Path, **arrays) -> None:
+    import io
+    buffer = io.BytesIO()
+    np.savez(buffer, **arrays)
+    atomic_write_bytes(path, buffer.getvalue())
+
+
+class FileCache:
+    "Per-file inspection results by sha256, in append-only shards."
+
+    def __init__(self, folder: Path):
+        self.folder = Path(folder)
+        self.shards = sorted(self.folder.glob("files-*.npz"))
+        self.tables = []
+        for shard in self.shards:
+            try:
+                with np.load(shard, allow_pickle=False) as data:
+                    self.tables.append({k: data[k] for k in data.files})
+            except (OSError, ValueError, KeyError):  # a damaged shard is only a lost speed-up: decode those again
+                continue
+        shas = np.concatenate([t["sha256"] for t in self.tables]) if self.tables else np.empty(0, "U64")
+        self.where = {sha: (t, row) for t, table in enumerate(self.tables) for row, sha in enumerate(table["sha256"])}
+        self.stored = len(shas)
+
+    def __contains__(self, sha: str) -> bool:
+        return sha in self.where
+
+    def known(self) -> set[str]:
+        return set(self.where)
+
+    def get(self, sha: str) -> tuple[dict, np.ndarray]:
+        t, row = self.where[sha]
+        table = self.tables[t]
+        return {k: table[k][row].item() for k in FIELDS}, table["thumb"][row]
+
+    def write(self, new: list, current: set[str]) -> None:
+        """Store the newly inspected files (`Inspection`s); compact into one shard when there are many shards or
+        many entries for files no longer in the collection (`current`: the sha256s audited this time)."""
+        self.folder.mkdir(parents=True, exist_ok=True)
+        stale = sum(1 for sha in self.where if sha not in current)
+        compact = len(self.shards) + 1 > MAX_SHARDS or stale > 0.25 * max(1, self.stored)
+        rows = list({f.sha256: _row(f) for f in reversed(new)}.values())  # one row per content
+        if compact:
+            rows += [(sha, *self.get(sha)) for sha in sorted(self.where) if sha in current]
+        if not rows:
+            return
+        number = 0 if compact else (int(self.shards[-1].stem.split("-")[1]) + 1 if self.shards else 0)
+        target = self.folder / FILES.format(number)
+        _save(target, sha256=np.array([r[0] for r in rows], "U64"),
+              thumb=np.stack([r[2] for r in rows]).astype(np.uint8),
+              **{k: np.array([r[1][k] for r in rows]) for k in FIELDS})
+        if compact:
+            for shard in self.shards:
+                if shard != target:
+                    shard.unlink(missing_ok=True)
+
+
+def _row(found) -> tuple[str, dict, np.ndarray]:
+    thumb = found.thumb if found.thumb is not None else np.zeros((32, 32), np.uint8)
+    return found.sha256, {k: getattr(found, k) for k in FIELDS}, thumb
+
+
+def _hash64(hexes: np.ndarray) -> np.ndarray:
+    "The first 16 hex digits of each hash as an unsigned 64-bit number."
+    return np.array([int(h[:16], 16) for h in hexes], dtype=np.uint64)
+
+
+class PairMemo:
+    """Verified distances of candidate pairs by (pixel hash a, pixel hash b, offset seen, gate). `keys` are the
+    pixel hashes of the rows the near-copy search numbers."""
+
+    def __init__(self, folder: Path, pixel_keys: np.ndarray):
+        self.path = Path(folder) / PAIRS
+        self.ids = _hash64(pixel_keys)
+        self.known_keys, self.known_dist = np.empty(0, np.uint64), np.empty(0, np.float32)
+        if self.path.exists():
+            try:
+                with np.load(self.path, allow_pickle=False) as data:
+                    self.known_keys, self.known_dist = data["key"], data["distance"]
+            except (OSError, ValueError, KeyError):
+                pass
+        self.used_keys, self.used_dist = [], []
+        self.remembered = self.verified = 0
+
+    def _keys(self, i, j, hint, gate: float) -> np.ndarray:
+        with np.errstate(over="ignore"):
+            key = self.ids[i] * np.uint64(0x9E3779B97F4A7C15) ^ self.ids[j]
+            key ^= (hint[:, 0].astype(np.int64) + 64).astype(np.uint64) << np.uint64(8)
+            key ^= (hint[:, 1].astype(np.int64) + 64).astype(np.uint64) << np.uint64(16)
+            key ^= np.uint64(np.float32(gate).view(np.uint32)) << np.uint64(24)
+            return key * np.uint64(0xBF58476D1CE4E5B9)
+
+    def lookup(self, i, j, hint, gate: float) -> np.ndarray:
+        "Remembered distances (NaN where not known)."
+        keys = self._keys(i, j, hint, gate)
+        out = np.full(len(keys), np.nan, np.float32)
+        if len(self.known_keys):
+            at = np.clip(np.searchsorted(self.known_keys, keys), 0, len(self.known_keys) - 1)
+            hit = self.known_keys[at] == keys
+            out[hit] = self.known_dist[at[hit]]
+        self.remembered += int((~np.isnan(out)).sum())
+        self.verified += int(np.isnan(out).sum())
+        return out
+
+    def record(self, i, j, hint, gate: float, distance: np.ndarray) -> None:
+        self.used_keys.append(self._keys(i, j, hint, gate))
+        self.used_dist.append(distance.astype(np.float32))
+
+    def write(self) -> None:
+        "Keep exactly the pairs this audit used (a pair no longer searched is no longer remembered)."
+        if not self.used_keys:
+            return
+        keys, dist = np.concatenate(self.used_keys), np.concatenate(self.used_dist)
+        keys, first = np.unique(keys, return_index=True)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        _save(self.path, key=keys, distance=dist[first])
+
+
+def folder_size(folder: Path) -> int:
+    return sum(p.stat().st_size for p in Path(folder).glob("*") if p.is_file()) if Path(folder).is_dir() else 0
+
+
+def describe(folder: Path) -> str:
+    return f"{folder} ({folder_size(folder) / 2**20:.1f} MiB, {len(list(Path(folder).glob('files-*.npz')))} shard(s))" \
+        if Path(folder).is_dir() else f"{folder} (empty)"
+

@@ -1,0 +1,132 @@
+"""The incremental audit: with its cache, a re-run decodes only new or changed files, and its result is the one a
+full audit of the same files gives, on photo tiles of several sizes with planted copies of every family, digits,
+colour images and broken files."""
+import hashlib
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image
+
+from stagebook import planting
+from stagebook.audit import audit
+from stagebook.auditcache import FileCache
+from stagebook.manifest import build_manifest
+
+from conftest import mixed_images
+
+
+def _collection(folder: Path) -> None:
+    "Photo tiles at 24-64 px with one planted copy of each family, 8-px digits, colour images, two broken files."
+    rng = np.random.default_rng(4)
+    for side in (24, 40, 64):
+        tiles = planting.natural_images(side, 40, seed=side)
+        (folder / f"photo{side}").mkdir(parents=True)
+        for n, tile in enumerate(tiles):
+            tile.save(folder / f"photo{side}" / f"{n:03d}.png")
+        for k, family in enumerate(planting.FAMILIES):
+            planting.plant(tiles[k], family, rng).save(folder / f"photo{side}" / f"copy_{family}.png")
+    (folder / "digits").mkdir()
+    for n, img in enumerate(planting.digit_images(8)[:150]):
+        img.save(folder / "digits" / f"{n:03d}.png")
+    mixed_images(folder.parent / "mixed", classes=3, per_class=12, seed=2)
+    (folder / "colour").mkdir()
+    for path in sorted((folder.parent / "mixed").rglob("*.png")):
+        path.rename(folder / "colour" / f"{path.parent.name}_{path.name}")
+    (folder / "digits" / "empty.png").write_bytes(b"")
+    (folder / "digits" / "cut.png").write_bytes((folder / "digits" / "000.png").read_bytes()[:40])
+
+
+def _sha(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def _audit(root: Path, cache: Path | None):
+    items = build_manifest("imgs", root)
+    return audit(items, root, "auto", workers=2, progress=False, cache=cache)
+
+
+def _same(a, b) -> None:
+    pd.testing.assert_frame_equal(a.items, b.items)
+    pd.testing.assert_frame_equal(a.near_pairs, b.near_pairs)
+    assert a.self_test.numbers() == b.self_test.numbers()
+
+
+@pytest.fixture(scope="module")
+def collection(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("collection")
+    _collection(root / "imgs")
+    return root
+
+
+def _copy(collection: Path, tmp_path: Path) -> Path:
+    shutil.copytree(collection, tmp_path / "project")
+    return tmp_path / "project"
+
+
+def _hold_back(root: Path, every: int = 10) -> list[Path]:
+    "Move every tenth file out of the collection (the 10% that arrives later); returns where they were."
+    files = sorted(p for p in (root / "imgs").rglob("*") if p.is_file())[::every]
+    for path in files:
+        dest = root / "later" / path.relative_to(root / "imgs")
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        path.rename(dest)
+    return files
+
+
+def test_ten_percent_more_images_decodes_only_those_and_matches_a_full_audit(collection: Path, tmp_path: Path):
+    root = _copy(collection, tmp_path)
+    cache = root / "data" / "audit_cache"
+    held = _hold_back(root)
+    first = _audit(root, cache)
+    assert FileCache(cache).stored == first.items.sha256.nunique()
+    for path in held:
+        (root / "later" / path.relative_to(root / "imgs")).rename(path)
+    again = _audit(root, cache)
+    shards = sorted(cache.glob("files-*.npz"))
+    # only the new files were decoded: those whose bytes the first audit had not seen under another name
+    audited = set(again.items.path)
+    unseen = {_sha(p) for p in held if p.relative_to(root).as_posix() in audited} - set(first.items.sha256)
+    assert len(shards) == 2 and set(np.load(shards[-1])["sha256"]) == unseen and len(unseen) >= 0.8 * len(held)
+    _same(again, _audit(root, None))
+    assert again.reuse["files_decoded"] == sum(_sha(p) in unseen for p in held)
+    assert 0 < again.reuse["pairs_verified"] < again.reuse["pairs_remembered"]
+    assert len(again.near_pairs) > 0 and (again.items.status != "ok").sum() == 2 and (again.items.colour == "RGB").any()
+
+
+def test_a_changed_file_is_audited_again_and_a_deleted_one_leaves_no_trace(collection: Path, tmp_path: Path):
+    root = _copy(collection, tmp_path)
+    cache = root / "cache"
+    _audit(root, cache)
+    changed = root / "imgs" / "photo40" / "003.png"
+    before = Image.open(changed).convert("RGB")
+    Image.fromarray(255 - np.asarray(before)).save(changed)  # the same file name, other pixels
+    gone = root / "imgs" / "photo40" / "copy_shift.png"
+    gone.unlink()
+    again = _audit(root, cache)
+    _same(again, _audit(root, None))
+    rows = again.items.set_index("path")
+    assert "imgs/photo40/copy_shift.png" not in rows.index
+    assert rows.loc["imgs/photo40/003.png", "sha256"] == _sha(changed)
+    paired = set(again.items.path.to_numpy()[again.near_pairs[["i", "j"]].to_numpy().ravel()])
+    assert paired and "imgs/photo40/copy_shift.png" not in paired
+
+
+def test_a_damaged_cache_costs_time_not_correctness(collection: Path, tmp_path: Path):
+    root = _copy(collection, tmp_path)
+    cache = root / "cache"
+    _audit(root, cache)
+    for shard in cache.glob("*.npz"):
+        shard.write_bytes(b"not a numpy archive")
+    _same(_audit(root, cache), _audit(root, None))
+
+
+def test_a_cached_quarantine_verdict_is_kept(collection: Path, tmp_path: Path):
+    root = _copy(collection, tmp_path)
+    cache = root / "cache"
+    first = _audit(root, cache).items.set_index("path").status
+    again = _audit(root, cache).items.set_index("path").status
+    assert again["imgs/digits/empty.png"] == first["imgs/digits/empty.png"] == "quarantined: zero-byte file"
+    assert again["imgs/digits/cut.png"] == first["imgs/digits/cut.png"] != "ok"
