@@ -14,8 +14,9 @@ train:    the stage-04 training loop (fastai Learner over in-memory tensors, `st
           PyTorch loop on the same model, tensors, optimiser, one-cycle schedule and per-epoch validation pass, in
           items per second (target:
           ratio >= 0.85); fastai's generic DataLoader (item-wise collate) is shown for reference.
-stage04:  a full `stagebook run 04_tuning` with the default params (target: under 180 s), and the same 4-variant
-          sweep with 1 and with 2 parallel processes (the parallel speed-up).
+stage04:  a full `stagebook run 04_tuning` with the default params (target: under 30 s), where its time goes
+          (per cell), and its search variants' fixed overhead besides training (target: under 3 s).
+makerun:  `make run` after set-up in a fresh copy of the project (sharing this checkout's .venv): target < 90 s.
 template: `stagebook new` (copier render, package rename, toolkit wheel, nbdev export, git) against a bare
           `git clone` of the template; and the notebooks' Colab set-up cell outside Colab, executed first thing in a
           fresh interpreter, against a bare statement there (target: under 50 ms).
@@ -246,7 +247,22 @@ def bench_train(repeats: int) -> list[dict]:
              "generic_dataloader_ratio": med["plain"] / generic_s}]
 
 
+def _cell_seconds(executed: Path) -> list[tuple[str, float]]:
+    "Each code cell's first line and papermill's recorded duration."
+    nb = json.loads(executed.read_text())
+    out = []
+    for cell in nb["cells"]:
+        seconds = cell.get("metadata", {}).get("papermill", {}).get("duration")
+        if cell["cell_type"] == "code" and seconds is not None:
+            first = next((line for line in "".join(cell["source"]).splitlines() if line.strip() and not line.startswith("#")), "")
+            out.append((cell.get("id", "?") + " " + first[:50], float(seconds)))
+    return out
+
+
 def bench_stage04() -> list[dict]:
+    """A full `stagebook run 04_tuning` on the worked example (target < 30 s), where its time goes (papermill's
+    per-cell durations; the rest is kernel start, tracking, the PDF), and the search variants' fixed overhead
+    (process time minus training time, median; target < 3 s)."""
     with tempfile.TemporaryDirectory(prefix="stagebook-bench-04-") as tmp:
         root = copy_project(Path(tmp) / "project")
         print("bench: stages up to 03 (for stage 04's inputs) ...", flush=True)
@@ -254,22 +270,40 @@ def bench_stage04() -> list[dict]:
         print("bench: a full `stagebook run 04_tuning` ...", flush=True)
         stage = timed([str(BIN / "stagebook"), "run", "04_tuning"], root)
         metrics = json.loads((root / "metrics/04_tuning.json").read_text())
-        sweep = [str(BIN / "stagebook"), "sweep", "04_tuning", "weight_decay=0.001,0.05", "dropout=0.1,0.4",
-                 "--set", "phases=[regularise]"]
-        print("bench: the 4-variant sweep with 1, then 2 parallel processes ...", flush=True)
-        serial = timed([*sweep, "--jobs", "1", "--out", str(Path(tmp) / "s1")], root)
-        parallel = timed([*sweep, "--jobs", "2", "--out", str(Path(tmp) / "s2")], root)
+        cells = _cell_seconds(root / "reports/executed/04_tuning.ipynb")
     header()
-    print(f"{'full stagebook run 04_tuning':<44} {stage:8.2f} s {180.0:8.2f} s {stage / 180:7.3f} {'<= 1':>8}"
-          f"  {'ok' if stage < 180 else 'OVER TARGET'}")
-    print(f"{'4-variant sweep, 2 processes vs 1':<44} {parallel:8.2f} s {serial:8.2f} s {parallel / serial:7.3f}"
-          f" {'(report)':>8}  speed-up {serial / parallel:.2f}x")
-    print(f"stage 04: valid accuracy {metrics['valid_accuracy']:.4f}, its own search {metrics['search_wall_seconds']:.1f} s"
-          f" for {metrics['search_variant_seconds']:.1f} s of variant time")
-    return [{"name": "stage 04 full run (s)", "ours_s": stage, "baseline_s": 180.0, "ratio": stage / 180, "target": 1.0,
-             "ok": stage < 180},
-            {"name": "sweep 2 processes vs 1", "ours_s": parallel, "baseline_s": serial, "ratio": parallel / serial,
-             "target": None, "ok": True, "speedup": serial / parallel}]
+    overhead = metrics.get("search_variant_overhead_seconds", float("nan"))
+    print(f"{'full stagebook run 04_tuning':<44} {stage:8.2f} s {30.0:8.2f} s {stage / 30:7.3f} {'<= 1':>8}"
+          f"  {'ok' if stage < 30 else 'OVER TARGET'}")
+    print(f"{'search variant fixed overhead (median)':<44} {overhead:8.2f} s {3.0:8.2f} s {overhead / 3:7.3f} {'<= 1':>8}"
+          f"  {'ok' if overhead < 3 else 'OVER TARGET'}")
+    print(f"stage 04: valid accuracy {metrics['valid_accuracy']:.4f}; search {metrics['search_wall_seconds']:.1f} s wall for"
+          f" {metrics['search_variants']} variants ({metrics['search_variant_seconds']:.1f} s of variant time)")
+    print("where the time goes (papermill's cell durations):")
+    for name, seconds in sorted(cells, key=lambda c: -c[1])[:8]:
+        print(f"  {seconds:6.1f} s  {name}")
+    rest = stage - sum(s for _, s in cells)
+    print(f"  {rest:6.1f} s  outside the cells: interpreter and kernel start, params check, tracking, the PDF")
+    return [{"name": "stage 04 full run (s)", "ours_s": stage, "baseline_s": 30.0, "ratio": stage / 30, "target": 1.0,
+             "ok": stage < 30},
+            {"name": "search variant overhead (s)", "ours_s": overhead, "baseline_s": 3.0, "ratio": overhead / 3,
+             "target": 1.0, "ok": overhead < 3}]
+
+
+def bench_makerun() -> list[dict]:
+    """`make run` after set-up: the whole worked example (dvc repro, submit, the sealed test, promote, every PDF) in a
+    fresh copy of the project's tracked files that shares this checkout's installed environment (target < 90 s)."""
+    with tempfile.TemporaryDirectory(prefix="stagebook-bench-makerun-") as tmp:
+        root = copy_project(Path(tmp) / "project")
+        (root / ".venv").symlink_to(REPO / ".venv")
+        print("bench: `make run` in a fresh copy (set-up already done) ...", flush=True)
+        seconds = timed(["make", "run"], root)
+        pdfs = sorted(p.name for p in (root / "reports").glob("*.pdf"))
+    header()
+    print(f"{'make run after set-up, fresh copy':<44} {seconds:8.2f} s {90.0:8.2f} s {seconds / 90:7.3f} {'<= 1':>8}"
+          f"  {'ok' if seconds < 90 else 'OVER TARGET'}  ({len(pdfs)} PDFs)")
+    return [{"name": "make run after set-up (s)", "ours_s": seconds, "baseline_s": 90.0, "ratio": seconds / 90,
+             "target": 1.0, "ok": seconds < 90}]
 
 
 def bench_template(repeats: int) -> list[dict]:
@@ -306,8 +340,9 @@ def bench_template(repeats: int) -> list[dict]:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--only", default="train,stage04,pipeline,audit,split,template,neardup,predict,scale",
-                    help="comma-separated: train, stage04, pipeline, audit, split, template, neardup, predict, scale")
+    ap.add_argument("--only", default="train,stage04,makerun,pipeline,audit,split,template,neardup,predict,scale",
+                    help="comma-separated: train, stage04, makerun, pipeline, audit, split, template, neardup, predict,"
+                         " scale")
     ap.add_argument("--repeats", type=int, default=5, help="alternating repetitions of each timed command")
     args = ap.parse_args()
     chosen = set(args.only.split(","))
@@ -341,6 +376,8 @@ def main() -> None:
         results += bench_pipeline(args.repeats)
     if "template" in chosen:
         results += bench_template(args.repeats)
+    if "makerun" in chosen:
+        results += bench_makerun()
     out = REPO / "bench" / "results"
     out.mkdir(exist_ok=True)
     (out / "latest.json").write_text(json.dumps(results, indent=2))

@@ -39,6 +39,8 @@ COARSE_SHIFT = 2           # whole pixels searched at 16 px (12.5% of the side)
 CROP_RANGE = (0.8, 1.0)    # size ratios at which one image may be a crop of the other
 MIN_OVERLAP = 0.4          # of the larger image's thumbnail, for a correlation to count
 BATCH = 4096               # pairs aligned at once
+GATE_FOR = 0.03            # the highest threshold `near_threshold: auto` may choose (calibration.THRESHOLD_RANGE)
+PAIR_CHUNK = 65536         # pairs whose thumbnails are gathered at once (64 MB each side)
 
 
 def thumbnail(gray: Image.Image) -> np.ndarray:
@@ -335,9 +337,11 @@ def near_pairs(thumbs: np.ndarray, sizes: np.ndarray, threshold: float, neighbou
     gate = coarse_gate(threshold)
     dist = memo.lookup(i, j, hint, gate) if memo is not None else np.full(len(i), np.nan, np.float32)
     todo = np.flatnonzero(np.isnan(dist))
-    if len(todo):
-        dist[todo] = pair_distances(thumbs[i[todo]], sizes[i[todo]], thumbs[j[todo]], sizes[j[todo]], gate=gate,
-                                    hint=hint[todo])
+    todo = todo[np.lexsort((hint[todo, 1], hint[todo, 0]))]  # same offsets together (see pair_distances)
+    for start in range(0, len(todo), PAIR_CHUNK):  # the pairs' thumbnails gathered a chunk at a time, not all at once
+        part = todo[start:start + PAIR_CHUNK]
+        dist[part] = pair_distances(thumbs[i[part]], sizes[i[part]], thumbs[j[part]], sizes[j[part]], gate=gate,
+                                    hint=hint[part])
     if memo is not None:
         memo.record(i, j, hint, gate, dist)
     ok = dist <= threshold
@@ -345,10 +349,10 @@ def near_pairs(thumbs: np.ndarray, sizes: np.ndarray, threshold: float, neighbou
 
 
 def coarse_gate(threshold: float) -> float:
-    """How far after the whole-pixel search at 32 px a pair may lie and still be aligned finer: 4x the threshold,
-    rounded up to a power of the square root of 2, so a threshold chosen afresh by each audit's self-test mostly
-    keeps the same gate (and remembered distances stay valid)."""
-    return float(2.0 ** (np.ceil(2 * np.log2(max(0.03, 4 * threshold))) / 2))
+    """How far after the whole-pixel search at 32 px a pair may lie and still be aligned finer: 4x the highest
+    threshold the self-test may choose (`GATE_FOR`), whatever this audit's threshold, so a verified distance does not
+    depend on the threshold of the day and one remembered from an earlier audit is the one this audit would compute."""
+    return max(0.03, 4 * max(threshold, GATE_FOR))
 
 
 def star_clusters(n: int, pairs: pd.DataFrame, keys: np.ndarray) -> np.ndarray:

@@ -285,3 +285,31 @@ def find_lr(learn: Learner):
     ax.set_xscale("log"); ax.set_xlabel("learning rate"); ax.set_ylabel("smoothed loss"); ax.legend()
     ax.set_title("Learning-rate finder")
     return float(suggestion.valley), fig
+
+
+def fit_regularised(build, x_train, y_train, x_valid, y_valid, *, batch_size: int, seed: int, epochs: int, lr: float,
+                    weight_decay: float, augment=None, patience: int | None = None, device=None,
+                    mixed_precision: bool = False, progress: bool = False, trainer: str = "single",
+                    world_size: int = 2):
+    """The recipe's regularise phase: `build()` (a fresh model, seeded) trained with one-cycle, weight decay and
+    augmentation, early stopping on validation loss with the best epoch's weights kept. `trainer` single, or ddp
+    (torch DDP over `world_size` processes, `stagebook.distributed`). Returns (model in eval mode, per-epoch
+    history, best epoch). Stage 04's phase and each of its search variants call this one function."""
+    from fastai.callback.schedule import fit_one_cycle  # noqa: F401 (adds Learner.fit_one_cycle)
+    from fastai.callback.tracker import EarlyStoppingCallback
+
+    device = torch.device(device or "cpu")
+    torch.manual_seed(seed)  # every phase starts from the same initial weights
+    model = build().to(device)
+    if trainer == "ddp":
+        from .distributed import fit_ddp
+        state, history, best_epoch = fit_ddp(build, x_train, y_train, x_valid, y_valid, batch_size, seed, epochs, lr,
+                                             weight_decay, augment, world_size, device.type, patience)
+        model.load_state_dict(state)
+        return model.eval(), history, best_epoch
+    learn = make_learner(model, x_train, y_train, x_valid, y_valid, batch_size, seed, weight_decay, augment,
+                         progress=progress, device=device, mixed_precision=mixed_precision)
+    keep = KeepBest()
+    callbacks = [keep] if patience is None else [EarlyStoppingCallback(monitor="valid_loss", patience=patience), keep]
+    learn.fit_one_cycle(epochs, lr, cbs=callbacks)
+    return learn.model.eval(), epoch_history(learn), keep.best_epoch
