@@ -97,7 +97,8 @@ def _measure(count: int, cache: str | None) -> None:
     out = {"count": count, "seconds": seconds, "peak_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
            "import_mib": base / 1024, "worker_peak_mib": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024,
            "pairs": summary["near_duplicate_pairs"], "clusters": summary["duplicate_clusters"],
-           "recall": summary.get("self_test_recall"), "fingerprint": _fingerprint(result), "reuse": result.reuse}
+           "recall": summary.get("self_test_recall"), "fingerprint": _fingerprint(result), "reuse": result.reuse,
+           "steps": {k: round(v, 1) for k, v in (result.seconds or {}).items()}}
     print("RESULT " + json.dumps(out), flush=True)
 
 
@@ -161,6 +162,8 @@ def bench_audit_scale(sizes=(20_000, 80_000, 320_000)) -> list[dict]:
     for r in rows:
         print(f"{r['count']:>8} {r['seconds']:>9.1f} {r['count'] / r['seconds']:>8.0f} {r['plain']:>15.1f}"
               f" {r['peak_mib']:>9.0f} {r['peak_mib'] - r['import_mib']:>16.0f} {r['worker_peak_mib']:>12.0f} {r['pairs']:>11}")
+    for r in rows + [incremental]:
+        print(f"  steps at {r['count']}{' (incremental)' if r is incremental else ''}: {r['steps']}")
     same = incremental["fingerprint"] == full["fingerprint"]
     ratio = incremental["seconds"] / full["seconds"]
     print(f"growth exponent (log time vs log images): {exponent:.2f}  target <= 1.1  {'ok' if exponent <= 1.1 else 'OVER TARGET'}")

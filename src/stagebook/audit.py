@@ -175,6 +175,7 @@ class AuditResult:
     near_pairs: pd.DataFrame
     self_test: calibration.SelfTest | None = None
     reuse: dict | None = None       # with a cache: files decoded / taken from it, pairs verified / remembered
+    seconds: dict | None = None     # where the time went: decode, index, self_test, pairs, clusters
 
     def reuse_sentence(self) -> str:
         r = self.reuse
@@ -227,6 +228,7 @@ def audit(manifest: pd.DataFrame, root: Path, near_threshold="auto", neighbours:
     from .auditcache import FileCache, PairMemo
 
     threshold = parse_threshold(near_threshold)
+    clock = _Clock()
     paths = [str(root / p) for p in manifest.path]
     files = FileCache(cache) if cache else None
     columns = {k: [None] * len(paths) for k in ("sha256", "status", "converted", "width", "height", "pixel_sha256",
@@ -247,6 +249,7 @@ def audit(manifest: pd.DataFrame, root: Path, near_threshold="auto", neighbours:
     items = manifest.copy().reset_index(drop=True)
     for key, values in columns.items():
         items[key] = values
+    clock.lap("decode")
 
     # Items with the same pixels are one image to the near-copy search: one representative each (smallest path),
     # searched in the order of their pixel hash, so the search depends on the collection, not on file order.
@@ -260,9 +263,12 @@ def audit(manifest: pd.DataFrame, root: Path, near_threshold="auto", neighbours:
         thumbs = thumbs_of[reps]
         sizes = items[["width", "height"]].to_numpy(dtype=np.int64)[reps]
         index = nearcopy.CandidateIndex(thumbs)
+        clock.lap("index")
         tested = _self_test(paths, reps, index, thumbs, sizes, neighbours, threshold, seed, items.sha256)
+        clock.lap("self_test")
         memo = PairMemo(cache, items.pixel_sha256.to_numpy()[reps]) if cache else None
         pairs = nearcopy.near_pairs(thumbs, sizes, tested.threshold, neighbours, index, memo=memo)
+        clock.lap("pairs")
         component = nearcopy.star_clusters(len(reps), pairs, items.pixel_sha256.to_numpy()[reps])
         near = pd.DataFrame({"i": reps[pairs.i.astype(int)], "j": reps[pairs.j.astype(int)], "distance": pairs.distance})
         near = near.assign(i=near[["i", "j"]].min(axis=1), j=near[["i", "j"]].max(axis=1)).sort_values(["i", "j"],
@@ -283,7 +289,22 @@ def audit(manifest: pd.DataFrame, root: Path, near_threshold="auto", neighbours:
     reuse = None if files is None else {"files_decoded": len(new), "files_cached": len(items) - len(new),
                                         "pairs_verified": memo.verified if memo else 0,
                                         "pairs_remembered": memo.remembered if memo else 0}
-    return AuditResult(items, near, tested, reuse)
+    clock.lap("clusters")
+    return AuditResult(items, near, tested, reuse, clock.laps)
+
+
+class _Clock:
+    "Seconds per named step, in order."
+
+    def __init__(self):
+        import time
+        self._now, self.laps = time.perf_counter, {}
+        self._last = self._now()
+
+    def lap(self, name: str) -> None:
+        now = self._now()
+        self.laps[name] = self.laps.get(name, 0.0) + now - self._last
+        self._last = now
 
 
 def _self_test(paths, reps, index, thumbs, sizes, neighbours, threshold, seed, keys) -> calibration.SelfTest:
