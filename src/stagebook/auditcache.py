@@ -4,7 +4,8 @@ Two tables in one folder (stage 01 keeps it in `data/audit_cache/`, a persistent
 - per file, keyed by its sha256: status, conversion, size, pixel hash, colour and the 32-px thumbnail, i.e.
   everything decoding found. A changed file has a new sha256 and is decoded again; a file that is gone is simply
   not asked for, and drops out of the cache at the next compaction.
-- per verified candidate pair, keyed by both pixel hashes and the verification's gate: the distance. Verification is a pure function of those, so a remembered distance is the one a full audit computes.
+- per verified candidate pair, keyed by both pixel hashes, the offset the search saw and the verification's gate:
+  the distance. Verification is a pure function of those, so a remembered distance is the one a full audit computes.
 
 The candidate search itself runs over the whole collection every time (a few seconds per 100k images): it depends
 on the collection as a whole, and running it is what makes an incremental audit identical to a full one.
@@ -91,8 +92,8 @@ def _hash64(hexes: np.ndarray) -> np.ndarray:
 
 
 class PairMemo:
-    """Verified distances of candidate pairs by (pixel hash a, pixel hash b, gate). `pixel_keys` are the pixel
-    hashes of the rows the near-copy search numbers."""
+    """Verified distances of candidate pairs by (pixel hash a, pixel hash b, offset seen, gate). `keys` are the
+    pixel hashes of the rows the near-copy search numbers."""
 
     def __init__(self, folder: Path, pixel_keys: np.ndarray):
         self.path = Path(folder) / PAIRS
@@ -107,15 +108,17 @@ class PairMemo:
         self.used_keys, self.used_dist = [], []
         self.remembered = self.verified = 0
 
-    def _keys(self, i, j, gate: float) -> np.ndarray:
+    def _keys(self, i, j, hint, gate: float) -> np.ndarray:
         with np.errstate(over="ignore"):
             key = self.ids[i] * np.uint64(0x9E3779B97F4A7C15) ^ self.ids[j]
+            key ^= (hint[:, 0].astype(np.int64) + 64).astype(np.uint64) << np.uint64(8)
+            key ^= (hint[:, 1].astype(np.int64) + 64).astype(np.uint64) << np.uint64(16)
             key ^= np.uint64(np.float32(gate).view(np.uint32)) << np.uint64(24)
             return key * np.uint64(0xBF58476D1CE4E5B9)
 
-    def lookup(self, i, j, gate: float) -> np.ndarray:
+    def lookup(self, i, j, hint, gate: float) -> np.ndarray:
         "Remembered distances (NaN where not known)."
-        keys = self._keys(i, j, gate)
+        keys = self._keys(i, j, hint, gate)
         out = np.full(len(keys), np.nan, np.float32)
         if len(self.known_keys):
             at = np.clip(np.searchsorted(self.known_keys, keys), 0, len(self.known_keys) - 1)
@@ -125,8 +128,8 @@ class PairMemo:
         self.verified += int(np.isnan(out).sum())
         return out
 
-    def record(self, i, j, gate: float, distance: np.ndarray) -> None:
-        self.used_keys.append(self._keys(i, j, gate))
+    def record(self, i, j, hint, gate: float, distance: np.ndarray) -> None:
+        self.used_keys.append(self._keys(i, j, hint, gate))
         self.used_dist.append(distance.astype(np.float32))
 
     def write(self) -> None:

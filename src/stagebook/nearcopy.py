@@ -239,25 +239,22 @@ def _whole_pixel_search(a, b, centre: np.ndarray, reach: int, margin: int = MARG
 
 
 def _align_pairs(a32: np.ndarray, b32: np.ndarray, scale: np.ndarray, gate: float, hint: np.ndarray | None) -> np.ndarray:
-    """Distance of each pair: a whole-pixel search at 16 px (around `hint`, the offset the candidate search saw, or
-    over the probes' range without one), at 32 px around its best, then, for pairs within `gate`, a half-pixel one."""
+    """Distance of each pair: a whole-pixel search at 32 px (around `hint`, the offset the candidate search saw, or
+    widely without one), then, for pairs within `gate`, a half-pixel one around the best."""
     import torch
 
     a, b = torch.from_numpy(a32), torch.from_numpy(b32)
     if (scale == 1).all():
-        # At 16 px first (a sixteenth of the work): pairs that are far apart there are no copies at any threshold.
-        # Without a hint the search there covers the probes' whole range (12.5% of the side), and its best offset
-        # centres the search at 32 px: the distance is then a function of the two images alone.
         centre = np.zeros((len(a32), 2)) if hint is None else hint
-        at16, where16 = _whole_pixel_search(torch.from_numpy(pooled(a32, 16)), torch.from_numpy(pooled(b32, 16)),
-                                            np.round(centre / 2), 2 if hint is None else 1, margin=MARGIN // 2)
-        if hint is None:
-            centre = 2 * where16.numpy()
+        # At 16 px first (a sixteenth of the work): pairs that are far apart there are no copies at any threshold
+        at16, _ = _whole_pixel_search(torch.from_numpy(pooled(a32, 16)), torch.from_numpy(pooled(b32, 16)),
+                                      np.round(centre / 2), 2 if hint is None else 1, margin=MARGIN // 2)
         rough = at16.clone()
         coarse = torch.zeros(len(a32), 2)
         close = torch.nonzero(at16 <= PREFILTER).flatten()
         if len(close):
-            rough[close], coarse[close] = _whole_pixel_search(a[close], b[close], centre[close.numpy()], 1)
+            rough[close], coarse[close] = _whole_pixel_search(a[close], b[close], centre[close.numpy()],
+                                                              4 if hint is None else 1)
     else:  # a crop: the smaller image may sit anywhere in the room the crop left; search at 16 px, then at 32
         reach = COARSE_SHIFT + int(np.ceil((1 - scale.min()) * 8))
         ratio = torch.from_numpy(scale.astype(np.float32))
@@ -333,19 +330,20 @@ def near_pairs(thumbs: np.ndarray, sizes: np.ndarray, threshold: float, neighbou
         return _no_pairs()
     query, item = found[:, 0].astype(np.int64), found[:, 1].astype(np.int64)
     i, j = np.minimum(query, item), np.maximum(query, item)
+    hint = found[:, 2:4] * np.where(item == i, 1, -1)[:, None]  # the item looks like the query moved by (dx, dy)
     order = np.lexsort((found[:, 4], j, i))
     keep = order[np.r_[True, (np.diff(i[order]) != 0) | (np.diff(j[order]) != 0)]]
-    i, j = i[keep], j[keep]
+    i, j, hint = i[keep], j[keep], hint[keep]
     gate = coarse_gate(threshold)
-    # Verified without the search's hint: a pair's distance depends on the two images only, so a distance remembered
-    # from an earlier audit (whichever probe found the pair then) is the one this audit would compute.
-    dist = memo.lookup(i, j, gate) if memo is not None else np.full(len(i), np.nan, np.float32)
+    dist = memo.lookup(i, j, hint, gate) if memo is not None else np.full(len(i), np.nan, np.float32)
     todo = np.flatnonzero(np.isnan(dist))
+    todo = todo[np.lexsort((hint[todo, 1], hint[todo, 0]))]  # same offsets together (see pair_distances)
     for start in range(0, len(todo), PAIR_CHUNK):  # the pairs' thumbnails gathered a chunk at a time, not all at once
         part = todo[start:start + PAIR_CHUNK]
-        dist[part] = pair_distances(thumbs[i[part]], sizes[i[part]], thumbs[j[part]], sizes[j[part]], gate=gate)
+        dist[part] = pair_distances(thumbs[i[part]], sizes[i[part]], thumbs[j[part]], sizes[j[part]], gate=gate,
+                                    hint=hint[part])
     if memo is not None:
-        memo.record(i, j, gate, dist)
+        memo.record(i, j, hint, gate, dist)
     ok = dist <= threshold
     return pd.DataFrame({"i": i[ok], "j": j[ok], "distance": dist[ok]})
 
