@@ -297,7 +297,8 @@ def bench_makerun() -> list[dict]:
         root = copy_project(Path(tmp) / "project")
         (root / ".venv").symlink_to(REPO / ".venv")
         print("bench: `make run` in a fresh copy (set-up already done) ...", flush=True)
-        seconds = timed(["make", "run"], root)
+        # -o: the set-up counts as done (it would re-point the shared environment's editable install at this copy)
+        seconds = timed(["make", "-o", ".venv/.installed", "run", f"PYTHONPATH={root / 'src'}"], root)
         pdfs = sorted(p.name for p in (root / "reports").glob("*.pdf"))
     header()
     print(f"{'make run after set-up, fresh copy':<44} {seconds:8.2f} s {90.0:8.2f} s {seconds / 90:7.3f} {'<= 1':>8}"
