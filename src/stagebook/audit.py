@@ -220,11 +220,12 @@ def parse_threshold(value, where: str = "near_threshold") -> float | None:
 
 
 def audit(manifest: pd.DataFrame, root: Path, near_threshold="auto", neighbours: int = 8, workers: int | None = None,
-          progress: bool = True, seed: int = 0, cache: Path | None = None) -> AuditResult:
+          progress: bool = True, seed: int = 0, cache: Path | None = None, report=None) -> AuditResult:
     """Decode and hash every manifest row; add status, converted, sizes, pixel hash and a duplicate `cluster` per row.
     `near_threshold`: 'auto' or a number (see `parse_threshold`); the self-test runs either way. `cache`: a folder
     where per-file results and verified pair distances are kept (`stagebook.auditcache`): a re-run decodes only new or
-    changed files and verifies only new pairs, and gives the same result as an audit without it."""
+    changed files and verifies only new pairs, and gives the same result as an audit without it. `report(text)`:
+    where the audit has got, for a person watching (stage 01 passes `stage.progress`)."""
     from .auditcache import FileCache, PairMemo
 
     threshold = parse_threshold(near_threshold)
@@ -235,7 +236,11 @@ def audit(manifest: pd.DataFrame, root: Path, near_threshold="auto", neighbours:
                                                "colour")}
     thumbs_of = np.zeros((len(paths), nearcopy.THUMB, nearcopy.THUMB), np.uint8)
     new = []
+    report = report or (lambda text: None)
+    every = max(1, len(paths) // 50)
     for at, found in inspect_all(paths, workers=workers, progress=progress, known=files.known() if files else ()):
+        if at % every == 0:
+            report(f"audit: {at:,}/{len(paths):,} images decoded")
         if files is not None and found.sha256 in files and found.thumb is None and found.status == "":
             fields, thumb = files.get(found.sha256)
             found = Inspection(found.sha256, **fields)
@@ -262,10 +267,13 @@ def audit(manifest: pd.DataFrame, root: Path, near_threshold="auto", neighbours:
     if len(reps) > 1:
         thumbs = thumbs_of[reps]
         sizes = items[["width", "height"]].to_numpy(dtype=np.int64)[reps]
+        report(f"audit: indexing {len(reps):,} distinct images for near copies")
         index = nearcopy.CandidateIndex(thumbs)
         clock.lap("index")
+        report("audit: self-test (planted copies)")
         tested = _self_test(paths, reps, index, thumbs, sizes, neighbours, threshold, seed, items.sha256)
         clock.lap("self_test")
+        report(f"audit: searching and verifying near copies among {len(reps):,} images")
         memo = PairMemo(cache, items.pixel_sha256.to_numpy()[reps]) if cache else None
         pairs = nearcopy.near_pairs(thumbs, sizes, tested.threshold, neighbours, index, memo=memo)
         clock.lap("pairs")

@@ -10,7 +10,7 @@ import os
 import shutil
 import tempfile
 import threading
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -23,6 +23,7 @@ from .params import load_params, params_hash, parse_overrides
 from .project import Stage, find_root, resolve_stage
 from .protocol import (LINEAGE_VAR, OWNER_PID_VAR, PARAMS_VAR, ROOT_VAR, RUN_DIR_VAR, STAGE_VAR, TRACKED_VAR, VARIANT_VAR,
                        Staging)
+from .terminal import StageProgress
 
 
 class StageFailed(StagebookError):
@@ -102,8 +103,9 @@ def _run_locked(root: Path, stage: Stage, params: dict, lineage, staging: Path, 
            VARIANT_VAR: "1" if variant_dir else "",
            **({} if variant_dir else {OWNER_PID_VAR: str(os.getpid())}),  # variants inherit the stage run's
            "PYDEVD_DISABLE_FILE_VALIDATION": "1"}  # silences a debugger warning every kernel prints
+    watch = StageProgress(stage.name, layout) if not variant_dir and not log_output else nullcontext()
     try:
-        with _environment(env):
+        with _environment(env), watch:  # at a terminal: the phase and how far along it is, on one line
             _execute(stage, executed, params, root, log_output, timeout)
             metrics = _read_json(layout.metrics)
             lineage = _after_run(root, lineage, layout)  # the data and model this run produced or used
@@ -111,6 +113,7 @@ def _run_locked(root: Path, stage: Stage, params: dict, lineage, staging: Path, 
             notices = layout.notices.read_text(encoding="utf-8").splitlines() if layout.notices.is_file() else []
             if stage.report_template.is_file() and not variant_dir:
                 from .report import render_pdf
+                layout.progress.write_text("rendering the PDF report", encoding="utf-8")
                 context = {"stage": stage.name, "params": params, "metrics": metrics, "lineage": lineage.as_dict(),
                            "artifacts_dir": str(staging), "root": str(root), "ended": ended,
                            "created": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")}

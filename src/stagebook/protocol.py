@@ -48,6 +48,9 @@ class Staging:
     def children(self) -> Path: return self.dir / "children"  # nested runs, one folder each
 
     @property
+    def progress(self) -> Path: return self.dir / "progress.txt"  # how far along: the runner shows it at a terminal
+
+    @property
     def outputs(self) -> Path: return self.dir / "outputs"  # files bound for the project root (models, checkpoints)
 
     @property

@@ -24,6 +24,7 @@ from typing import Callable
 
 import pandas as pd
 
+from . import stage
 from .sweep import PROGRESS_FORMAT, variants
 
 RESULT = "result.json"
@@ -75,6 +76,7 @@ def run_inline(train: Callable[[dict, Path], dict], grid: dict[str, list], out_d
 
     def finish(index: int, result: dict) -> None:
         results[index] = result
+        stage.progress(f"search: {len(results)}/{len(combos)} variants finished, {len(running)} running")
         if progress:
             value = result.get(metric) if metric else None
             print(PROGRESS_FORMAT.format(name=names[index], status="done" if result["status"] == "ok" else "FAILED",

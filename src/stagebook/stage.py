@@ -158,6 +158,18 @@ def notice(text: str) -> None:
             fh.write(line + "\n")
 
 
+def progress(text: str) -> None:
+    """How far the stage has got (an epoch, a variant, images audited): one line in the staging folder, which
+    `stagebook run` shows at a terminal as it changes. Does nothing outside `stagebook run`, and never fails a run."""
+    run_dir = os.environ.get(RUN_DIR_VAR)
+    if not run_dir or not os.environ.get(STAGE_VAR):
+        return
+    try:
+        Staging(Path(run_dir)).progress.write_text(" ".join(str(text).split())[:200], encoding="utf-8")
+    except OSError:
+        pass
+
+
 def log_metric(key: str, value) -> None:
     log_metrics({key: value})
 
@@ -246,12 +258,14 @@ def child_run(name: str, params: dict | None = None):
     run.files.name.write_text(name)
     run.log_params(params or {})
     run.files.status.write_text("RUNNING")
+    progress("")  # a new phase: the last one's progress no longer applies
     try:
         yield run
     except BaseException:
         run.files.status.write_text("FAILED")
         raise
     run.files.status.write_text("FINISHED")
+    progress("")  # the phase is over; its last epoch is not the stage's progress any more
 
 
 def run_id(timeout: float = 60.0) -> str | None:

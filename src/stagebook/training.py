@@ -178,6 +178,15 @@ class KeepBest(Callback):
             self.learn.model.load_state_dict(self.state)
 
 
+class EpochProgress(Callback):
+    "Each finished epoch as stage progress (`stage.progress`), which `stagebook run` shows at a terminal."
+    order = 71
+
+    def after_epoch(self):
+        from .stage import progress
+        progress(f"epoch {self.epoch + 1}/{self.n_epoch}")
+
+
 def make_learner(model: nn.Module, x_train, y_train, x_valid, y_valid, batch_size: int, seed: int,
                  weight_decay: float = 0.0, augment=None, progress: bool = False, metrics=None,
                  fast: bool = True, device=None, mixed_precision: bool = False) -> Learner:
@@ -202,6 +211,7 @@ def make_learner(model: nn.Module, x_train, y_train, x_valid, y_valid, batch_siz
                     opt_func=partial(wrapper, opt=torch.optim.AdamW), wd=weight_decay,
                     metrics=metrics if metrics is not None else [accuracy], path=Path(tempfile.gettempdir()))
     learn.remove_cb(CastToTensor)  # our batches are plain tensors already; the cast slows every operation down
+    learn.add_cb(EpochProgress())
     if not progress:
         learn.remove_cb(ProgressCallback)
     if mixed_precision and device.type == "cuda":
