@@ -197,7 +197,11 @@ def test_promote_gate_predict_and_serve_follow_the_champion(evaluated_copy: Path
     numbers; an override recorded; each version's model card stored with it in the registry."""
     root = evaluated_copy
     page = root / "project_page.md"
-    page.write_text(re.sub(r"(?m)^target: .*$", "target: 0.5", page.read_text()))  # a small test set, a modest bar
+    text = re.sub(r"(?m)^target: .*$", "target: 0.5", page.read_text())  # a small test set, a modest bar
+    # stage 06's latency was measured beside another test's training (pytest -n 2): 92 ms once against the 5 ms
+    # budget. The first champion's test here is the gate's logic, so the budget is out of the way; "no slower" below
+    # compares paired timings of champion and challenger taken side by side, which load skews far less.
+    page.write_text(re.sub(r"(?m)^latency_budget_ms: .*$", "latency_budget_ms: 1000", text))
     first = _stagebook(root, "promote")
     assert first.returncode == 0 and "first champion: test accuracy" in first.stdout and "version 1 is the champion" in first.stdout, first.stdout + first.stderr
     card = _pdf_text(root / "reports/model_card/v1.pdf")
