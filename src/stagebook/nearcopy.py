@@ -22,7 +22,7 @@ import pandas as pd
 from PIL import Image
 
 THUMB = 32                 # side of the stored thumbnail
-HNSW_LINKS = 16            # graph degree of the nearest-neighbour index
+HNSW_LINKS = 16            # graph degree of the HNSW graph over the IVF lists' centres
 PROBE_SHIFTS = [(dx, dy) for dy in (-4, -2, 0, 2, 4) for dx in (-4, -2, 0, 2, 4)]  # at 32 px: up to 12.5% of the side
 # A pair (a, b) that a's probe moved by (dx, dy) finds, b's probe moved by (-dx, -dy) finds too: a collection searched
 # against itself needs only one of each opposite pair of moves (measured: the same verified pairs, half the time).
