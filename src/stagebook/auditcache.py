@@ -44,15 +44,14 @@ class FileCache:
                     self.tables.append({k: data[k] for k in data.files})
             except (OSError, ValueError, KeyError):  # a damaged shard is only a lost speed-up: decode those again
                 continue
-        shas = np.concatenate([t["sha256"] for t in self.tables]) if self.tables else np.empty(0, "U64")
         self.where = {sha: (t, row) for t, table in enumerate(self.tables) for row, sha in enumerate(table["sha256"])}
-        self.stored = len(shas)
+        self.stored = len(self.where)
 
     def __contains__(self, sha: str) -> bool:
         return sha in self.where
 
-    def known(self) -> set[str]:
-        return set(self.where)
+    def known(self) -> frozenset[str]:
+        return frozenset(self.where)
 
     def get(self, sha: str) -> tuple[dict, np.ndarray]:
         t, row = self.where[sha]
@@ -92,8 +91,8 @@ def _hash64(hexes: np.ndarray) -> np.ndarray:
 
 
 class PairMemo:
-    """Verified distances of candidate pairs by (pixel hash a, pixel hash b, offset seen, gate). `keys` are the
-    pixel hashes of the rows the near-copy search numbers."""
+    """Verified distances of candidate pairs by (pixel hash a, pixel hash b, offset seen, gate). `pixel_keys` are
+    the pixel hashes of the rows the near-copy search numbers."""
 
     def __init__(self, folder: Path, pixel_keys: np.ndarray):
         self.path = Path(folder) / PAIRS
@@ -140,13 +139,4 @@ class PairMemo:
         keys, first = np.unique(keys, return_index=True)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         _save(self.path, key=keys, distance=dist[first])
-
-
-def folder_size(folder: Path) -> int:
-    return sum(p.stat().st_size for p in Path(folder).glob("*") if p.is_file()) if Path(folder).is_dir() else 0
-
-
-def describe(folder: Path) -> str:
-    return f"{folder} ({folder_size(folder) / 2**20:.1f} MiB, {len(list(Path(folder).glob('files-*.npz')))} shard(s))" \
-        if Path(folder).is_dir() else f"{folder} (empty)"
 
