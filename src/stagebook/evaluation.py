@@ -7,9 +7,11 @@ evaluated on this seal reuses its result; a new model past the budget is refused
 """
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from . import stage
@@ -77,3 +79,46 @@ def validation_gap(valid: float, test: float, ci_low: float, ci_high: float) -> 
     half_width = (ci_high - ci_low) / 2
     return {"valid": valid, "gap": valid - test, "ci_half_width": half_width,
             "flagged": bool(valid > ci_high or valid < ci_low)}
+
+
+def accuracy_interval(correct, level: float = 0.95) -> tuple[float, float, float]:
+    """Accuracy and its exact (Clopper-Pearson) confidence interval over `correct`, one 0/1 per test item.
+
+    Exact, not bootstrapped: a resampled interval collapses to a point when every item is right (or wrong), which
+    would flag any validation score that is not perfect as "outside the CI". It is conservative at every n.
+    """
+    from scipy.stats import beta
+
+    correct = np.asarray(correct, dtype=float).ravel()
+    if correct.size == 0:
+        raise ValueError("accuracy_interval: no test items")
+    if not 0 < level < 1:
+        raise ValueError(f"accuracy_interval: level {level!r} must lie strictly between 0 and 1")
+    n, k = correct.size, int(correct.sum())
+    alpha = 1 - level
+    low = 0.0 if k == 0 else float(beta.ppf(alpha / 2, k, n - k + 1))
+    high = 1.0 if k == n else float(beta.ppf(1 - alpha / 2, k + 1, n - k))
+    return k / n, low, high
+
+
+def latency_ms(model, shape: tuple[int, ...], repeats: int = 200, warmup: int = 10) -> float:
+    """Median milliseconds of one forward pass at `shape` (batch first), on the model's device, without gradients.
+
+    It needs no test item: an input of zeros of the right shape costs the same as a real one.
+    """
+    import torch
+
+    first = next(model.parameters(), None)
+    one = torch.zeros(*shape, device=first.device if first is not None else "cpu")
+    sync = torch.cuda.synchronize if one.is_cuda else (lambda: None)
+    times = []
+    with torch.no_grad():
+        for _ in range(warmup):
+            model(one)
+        sync()
+        for _ in range(max(1, repeats)):
+            start = time.perf_counter()
+            model(one)
+            sync()
+            times.append(time.perf_counter() - start)
+    return 1000 * float(np.median(times))
