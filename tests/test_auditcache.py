@@ -130,3 +130,20 @@ def test_a_cached_quarantine_verdict_is_kept(collection: Path, tmp_path: Path):
     again = _audit(root, cache).items.set_index("path").status
     assert again["imgs/digits/empty.png"] == first["imgs/digits/empty.png"] == "quarantined: zero-byte file"
     assert again["imgs/digits/cut.png"] == first["imgs/digits/cut.png"] != "ok"
+
+
+@pytest.mark.parametrize("where", ["a_file", "under_a_file"])
+def test_a_cache_path_that_cannot_be_a_folder_is_one_line_before_any_work(tmp_path, where):
+    import subprocess
+
+    from conftest import BIN
+
+    mixed_images(tmp_path / "imgs", classes=2, per_class=3, seed=1)
+    (tmp_path / "notes.txt").write_text("kept")
+    cache = "notes.txt" if where == "a_file" else "notes.txt/cache"
+    done = subprocess.run([str(BIN / "stagebook"), "audit", "imgs", "--cache", cache, "--workers", "1"],
+                          cwd=tmp_path, capture_output=True, text=True)
+    assert done.returncode != 0 and "Traceback" not in done.stderr, done.stderr
+    assert len(done.stderr.strip().splitlines()) == 1 and "notes.txt" in done.stderr and "folder" in done.stderr
+    assert (tmp_path / "notes.txt").read_text() == "kept"
+    assert "self-test" not in done.stdout  # refused before the audit ran, not after it

@@ -12,10 +12,12 @@ on the collection as a whole, and running it is what makes an incremental audit 
 """
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
 
+from .errors import StagebookError
 from .iorw import atomic_write_bytes
 
 FILES = "files-{:04d}.npz"
@@ -31,11 +33,28 @@ def _save(path: Path, **arrays) -> None:
     atomic_write_bytes(path, buffer.getvalue())
 
 
+def check_folder(folder: Path) -> Path:
+    """The cache folder, refused in one line before any work when it could not be written at the end: a path that
+    is a file, or one under a file or a folder this process may not write."""
+    folder = Path(folder)
+    if folder.exists() and not folder.is_dir():
+        raise StagebookError(f"{folder}: the audit cache must be a folder, and this is a file; give a folder path"
+                             " (it is created if missing), e.g. --cache data/audit_cache")
+    parent = next((p for p in [folder, *folder.parents] if p.exists()), Path("."))
+    if not parent.is_dir():
+        raise StagebookError(f"{folder}: cannot make the audit cache under {parent}, which is a file; give a folder"
+                             " path, e.g. --cache data/audit_cache")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise StagebookError(f"{folder}: cannot write the audit cache in {parent} (no permission); give a folder you"
+                             " can write, e.g. --cache data/audit_cache")
+    return folder
+
+
 class FileCache:
     "Per-file inspection results by sha256, in append-only shards."
 
     def __init__(self, folder: Path):
-        self.folder = Path(folder)
+        self.folder = check_folder(folder)
         self.shards = sorted(self.folder.glob("files-*.npz"))
         self.tables = []
         for shard in self.shards:
