@@ -54,6 +54,10 @@ OVERRIDES = [
     ("04", "model_path=../../x.pth", "model_path = '../../x.pth' leaves the project"),
     ("04", "search_grid={dropout: []}", "search_grid.dropout = [] is empty"),
     ("04", "search_grid=[1]", "search_grid = [1] is not a mapping"),
+    ("04", "search_grid={dropuot: [0.1, 0.3]}", "--set search_grid: search_grid = {'dropuot': [0.1, 0.3]} varies"
+                                                " ['dropuot'], which is not a param of this stage"),
+    ("04", "search_grid={seed: [0, 1]}", "varies ['seed'], which cannot vary while search_backend is inline; expected"
+                                         " keys among arch, width, dropout"),
     ("04", "pretrained_path=3", "pretrained_path = 3 is not a path"),
     ("01", "near_threshold=abc", "near_threshold = 'abc' is not a number"),
     ("01", "near_threshold=-0.1", "near_threshold = -0.1 is below 0"),
@@ -78,7 +82,8 @@ OVERRIDES = [
     ("05", "relabel_min_confidence=2", "relabel_min_confidence = 2 is above 1"),
     ("05", "gradcam_items=1000", "gradcam_items = 1000 is above 200"),
     ("05", "relabel_limit=-5", "relabel_limit = -5 is below 0"),
-    ("06", "bootstrap=10", "bootstrap = 10 is below 100"),
+    ("06", "ci_level=1.5", "ci_level = 1.5 is not below 1"),
+    ("06", "ci_level=0.3", "ci_level = 0.3 is not above 0.5"),
     ("06", "latency_repeats=0", "latency_repeats = 0 is below 1"),
     ("06", "seed=x", "seed = 'x' is not an integer"),
     ("00", "page=/etc/project.md", "page = '/etc/project.md' leaves the project"),
@@ -220,3 +225,27 @@ def test_describe_says_what_is_expected():
     assert describe({"type": "int", "min": 1}) == "an integer >= 1"
     assert describe({"type": "number", "gt": 0, "max": 1, "nullable": True}) == "a number > 0 and <= 1 (or null)"
     assert describe({"type": "list", "items": {"type": "str", "choices": ["a", "b"]}}) == "a list of one of a, b"
+
+
+def test_a_grid_limited_inline_may_vary_any_param_under_the_sweep_backend():
+    schema = yaml.safe_load((REPO / "params" / "04_tuning.schema.yaml").read_text())
+    params = yaml.safe_load((REPO / "params" / "04_tuning.yaml").read_text())
+    source = Path("params/04_tuning.yaml")
+    validate({**params, "search_backend": "sweep", "search_grid": {"seed": [0, 1]}}, schema, source)
+    with pytest.raises(StagebookError, match="cannot vary while search_backend is inline"):
+        validate({**params, "search_grid": {"seed": [0, 1]}}, schema, source)
+    with pytest.raises(StagebookError, match="not a param of this stage"):
+        validate({**params, "search_backend": "sweep", "search_grid": {"search_grid": [None]}}, schema, source)
+
+
+def test_the_inline_search_limit_is_what_notebook_04_can_vary():
+    "The schema refuses before the kernel what the notebook's forked variants cannot change: the two lists agree."
+    import ast
+
+    from stagebook.notebooks import read
+    among = yaml.safe_load((REPO / "params" / "04_tuning.schema.yaml").read_text())["search_grid"]["keys_when"]["among"]
+    cells = ["".join(c["source"]) for c in read(REPO / "nbs" / "04_tuning.ipynb")["cells"] if c["cell_type"] == "code"]
+    assigned = [node for cell in cells if "VARIABLE =" in cell for node in ast.parse(cell).body
+                if isinstance(node, ast.Assign) and getattr(node.targets[0], "id", "") == "VARIABLE"]
+    assert len(assigned) == 1
+    assert list(ast.literal_eval(assigned[0].value)) == among

@@ -6,6 +6,8 @@ no defaults (the params file is the one source of values). A key is a mapping of
     type: int | number | bool | str | path | list | dict      nullable: true      choices: [a, b]
     min / max (inclusive), gt / lt (exclusive)                  pattern: regex (str)
     items: {rules}  (each list item)   keys: {name: {rules}}  (a dict's allowed keys)   values: {rules}
+    param_keys: true  (a dict whose keys must be params of this stage, e.g. a search grid)
+    keys_when: {if: {other_param: value}, among: [a, b]}  (a dict's keys, limited while another param has a value)
     inside: true  (path: relative, within the project)          non_empty: true  (list, dict, str)
     also: [auto]  (words accepted besides the type, e.g. a number or `auto`)
 
@@ -54,6 +56,27 @@ def validate(params: dict, schema: dict, source: Path, overridden: set[str] = fr
         if key in params:
             where = f"--set {key}" if key in overridden else str(source)
             _check(params[key], rules, key, where)
+            if isinstance(params[key], dict):
+                _check_keys_against_params(params, schema, key, where, source)
+
+
+def _check_keys_against_params(params: dict, schema: dict, name: str, where: str, source: Path) -> None:
+    "A dict whose keys name other params (a search grid): each must be one, and may be limited by another's value."
+    rules, value = schema[name], params[name]
+    keys = sorted(map(str, value))
+    if rules.get("param_keys"):
+        unknown = [k for k in keys if k not in schema or k == name]
+        if unknown:
+            raise StagebookError(f"{where}: {name} = {value!r} varies {unknown}, which {'is' if len(unknown) == 1 else 'are'}"
+                                 f" not a param of this stage; expected keys among the params in {source}.")
+    limit = rules.get("keys_when")
+    if limit and all(params.get(k) == v for k, v in limit["if"].items()):
+        refused = [k for k in keys if k not in limit["among"]]
+        if refused:
+            condition = " and ".join(f"{k} is {v}" for k, v in limit["if"].items())
+            raise StagebookError(f"{where}: {name} = {value!r} varies {refused}, which cannot vary while {condition};"
+                                 f" expected keys among {', '.join(limit['among'])}"
+                                 + (f" ({limit['otherwise']})" if limit.get("otherwise") else "") + ".")
 
 
 def _check(value, rules: dict, name: str, where: str) -> None:
