@@ -4,8 +4,9 @@ The variants are a toy stage that trains a small CNN for a fixed number of steps
 (CPU-bound, about as heavy as a short regularise phase), so a sweep takes seconds, not minutes.
 
 sweep:    an 8-variant sweep, 2 at a time, on Ray started on this machine against the local process pool, in
-          interleaved repeats (target: Ray's wall time <= 1.05x the pool's, median of the per-pair ratios, with
-          their spread); Ray's own start-up is timed apart, since a long-lived cluster pays it once.
+          interleaved repeats, at least SWEEP_PAIRS (target: Ray's wall time <= 1.05x the pool's, median of the
+          per-pair ratios, with their spread; one pair's ratio varies by about +-10% on 2 cores, so 3 or 5 pairs
+          cannot tell 1.00 from 1.05); Ray's own start-up is timed apart, since a long-lived cluster pays it once.
 twonode:  4 variants on a simulated cluster of two 1-CPU nodes (`ray.cluster_utils.Cluster`, on this machine)
           against the same on one 1-CPU node (reported; on 2 cores the two nodes can at most halve the time).
 ddp:      the stage-04 recipe (small_cnn, AdamW one-cycle, 8 epochs) on the 1,797 digits with torch DDP over 2
@@ -66,8 +67,12 @@ def bench_scale(repeats: int = 5, steps: int = 150) -> list[dict]:
     return rows + bench_ddp(min(repeats, 3))
 
 
+SWEEP_PAIRS = 9
+
+
 def bench_sweep(root: Path, tmp: Path, repeats: int) -> list[dict]:
     "8 variants, 2 at a time: Ray against the process pool in interleaved pairs; then Ray with fresh workers."
+    repeats = max(repeats, SWEEP_PAIRS)
     rows = []
     ray_wall, pool_wall, starts, ratios = [], [], [], []
     for i in range(repeats):  # interleaved, the order alternating
