@@ -108,3 +108,23 @@ def test_a_lock_with_a_dead_pid_is_reaped_and_a_live_one_is_not(tmp_path: Path):
     (locks / "02_b.json").write_text(json.dumps({"pid": os.getpid(), "stage": "02_b"}))
     assert runlock.reap_dead(tmp_path) == 1
     assert not (locks / "01_a.json").exists() and (locks / "02_b.json").exists()
+
+
+def test_a_killed_sweep_leaves_no_ghost_after_the_next_command(slow_stage: Path):
+    "A sweep from the command line, killed with -9: its parent run and its variants' runs are reaped like a stage's."
+    victim = subprocess.Popen([sys.executable, "-m", "stagebook.cli", "sweep", "01_slow", "seconds=120,121",
+                               "--jobs", "2", "--backend", "local"], cwd=slow_stage, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True)
+    lock = slow_stage / runlock.LOCK_DIR / f"sweep-01_slow-{victim.pid}.json"
+    _wait_for(lambda: sum(r.info.status == "RUNNING" for r in _runs(slow_stage)) == 3, seconds=150, process=victim)
+    assert lock.is_file()
+    os.kill(victim.pid, signal.SIGKILL)
+    victim.wait(timeout=30)
+    _wait_for(lambda: not any(runlock.alive(int(line.split()[0])) for attempts in slow_stage.glob("reports/sweeps/01_slow/*/v*.attempts")
+                              for line in attempts.read_text().splitlines()), seconds=30)  # its variants die with it
+    assert sum(r.info.status == "RUNNING" for r in _runs(slow_stage)) == 3  # ghosts, until a command looks
+
+    shown = subprocess.run([sys.executable, "-m", "stagebook.cli", "runs"], cwd=slow_stage, capture_output=True, text=True)
+    assert shown.returncode == 0, shown.stderr
+    assert f"the sweep of 01_slow by PID {victim.pid} had died; marked 3 MLflow run(s) KILLED" in shown.stderr
+    assert sorted(r.info.status for r in _runs(slow_stage)) == ["KILLED"] * 3 and not lock.exists()

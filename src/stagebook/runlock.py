@@ -3,7 +3,9 @@
 `stagebook run` holds `reports/.locks/NN_name.json` (its PID) while it runs. A second run of the same stage is refused
 with the first one's PID; other stages run side by side. A run killed with -9 leaves its lock behind: the next
 stagebook command finds the lock's process gone, marks that run's MLflow run KILLED, removes its staging folder and
-its kernel's socket folder, and says so in one line.
+its kernel's socket folder, and says so in one line. A sweep started from the command line holds a lock of its own
+(`sweep-NN_name-PID.json`: sweeps of one stage may run side by side), so its parent run and its variants' runs are
+reaped the same way.
 """
 from __future__ import annotations
 
@@ -63,6 +65,15 @@ def acquire(root: Path, stage: str, staging: Path) -> Path:
     raise StagebookError(f"{lock}: could not take the stage's lock; remove the file if no run of {stage} is going.")
 
 
+def hold_sweep(root: Path, stage: str) -> Path:
+    "Mark this process as a sweep of `stage` until `release`: if it dies, the next command reaps its runs."
+    lock = root / LOCK_DIR / f"sweep-{stage}-{os.getpid()}.json"
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    lock.write_text(json.dumps({"pid": os.getpid(), "stage": stage, "kind": "sweep",
+                                "started": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")}))
+    return lock
+
+
 def release(lock: Path) -> None:
     holder = _read(lock)
     if holder is None or holder.get("pid") == os.getpid():
@@ -77,8 +88,9 @@ def reap(root: Path, lock: Path, holder: dict) -> None:
     if staging and staging.is_dir() and root.resolve() in staging.resolve().parents:
         shutil.rmtree(staging, ignore_errors=True)
     lock.unlink(missing_ok=True)
-    print(f"stagebook: the run of {stage} by PID {pid} had died; marked {killed} MLflow run(s) KILLED and removed its"
-          " staging folder", file=sys.stderr)
+    what = "sweep" if holder.get("kind") == "sweep" else "run"
+    print(f"stagebook: the {what} of {stage} by PID {pid} had died; marked {killed} MLflow run(s) KILLED"
+          + (" and removed its staging folder" if staging else ""), file=sys.stderr)
 
 
 def reap_dead(root: Path) -> int:

@@ -21,9 +21,11 @@ from pathlib import Path
 
 import yaml
 
+from . import runlock
 from .errors import StagebookError
 from .params import load_params, parse_overrides
 from .project import find_root, resolve_stage
+from .protocol import OWNER_PID_VAR
 
 PROGRESS_FORMAT = "stagebook: sweep {name} {status} ({done}/{total}){metric} on {where}, {seconds:.1f} s"
 
@@ -75,10 +77,6 @@ def run_sweep(stage_ref: str, grid: dict[str, list], fixed: list[str] = (), jobs
     `timeout` limits each notebook cell of a variant (papermill's execution timeout), in seconds. `fresh_workers`:
     a new Ray worker per variant (`max_calls=1`) besides the variant's own child process.
     """
-    import pandas as pd
-
-    from . import cluster
-
     root = (root or find_root()).resolve()
     stage = resolve_stage(root, stage_ref)
     if jobs < 1 or (samples is not None and samples < 1):
@@ -97,10 +95,25 @@ def run_sweep(stage_ref: str, grid: dict[str, list], fixed: list[str] = (), jobs
     out_dir = Path(out_dir) if out_dir else root / "reports" / "sweeps" / stage.name / stamp
     out_dir.mkdir(parents=True, exist_ok=True)
 
-    parent = None
-    if track and parent_run_id is None:
+    parent, lock = None, None
+    if track and parent_run_id is None:  # a sweep of its own, not one inside a stage run (which holds the stage's lock)
+        runlock.reap_dead(root)
+        lock = runlock.hold_sweep(root, stage.name)
         parent = _parent_run(root, stage, grid, list(fixed), samples)
         parent_run_id = parent.wait_started()
+    try:
+        return _run_variants(root, stage, combos, fixed, jobs, out_dir, parent, parent_run_id, track, metric, maximize,
+                             backend, address, cpus_per_variant, gpus_per_variant, timeout, progress, fresh_workers)
+    finally:
+        if lock is not None:
+            runlock.release(lock)
+
+
+def _run_variants(root, stage, combos, fixed, jobs, out_dir, parent, parent_run_id, track, metric, maximize, backend,
+                  address, cpus_per_variant, gpus_per_variant, timeout, progress, fresh_workers):
+    import pandas as pd
+
+    from . import cluster
 
     jobs = max(1, min(jobs, len(combos)))
     engine = cluster.start(address, backend)
@@ -118,6 +131,7 @@ def run_sweep(stage_ref: str, grid: dict[str, list], fixed: list[str] = (), jobs
                *(["--timeout", str(timeout)] if timeout else []),
                *([] if track else ["--no-track"]), *itertools.chain.from_iterable(("--set", s) for s in sets)]
         env = {"OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads,
+               OWNER_PID_VAR: os.environ.get(OWNER_PID_VAR) or str(os.getpid()),  # the stage run's or this sweep's
                **{k: os.environ[k] for k in _PASSED_ON if k in os.environ},
                **({"CUDA_VISIBLE_DEVICES": str(index % gpus)} if gpus > 1 and engine.kind == "local" else {}),
                "PYTORCH_CUDA_ALLOC_CONF": os.environ.get("PYTORCH_CUDA_ALLOC_CONF", "expandable_segments:True")}
