@@ -107,9 +107,9 @@ def card_context(root: Path, version) -> dict:
                 ("Target (project page)", targets.target), ("Latency, batch 1 (ms)", tags.get("latency_ms", "")),
                 ("Latency budget (ms)", targets.latency_budget_ms)]
     rows = pd.DataFrame([{"Measure": k, "Value": _short(v)} for k, v in measures if v not in ("", None)])
-    sections.append({"title": "Metrics", "text": f"The primary metric is {metric} on the sealed test split, with a"
-                     " exact (Clopper-Pearson) 95% confidence interval; latency is the p50 per image at batch 1 on the evaluating"
-                     " machine.", "tables": [_table("metrics", rows, "Sealed-test result")]})
+    sections.append({"title": "Metrics", "text": f"The primary metric is {metric} on the sealed test split, with an"
+                     " exact (Clopper-Pearson) 95% confidence interval; latency is the p50 per image at batch 1 on the"
+                     " evaluating machine.", "tables": [_table("metrics", rows, "Sealed-test result")]})
 
     splits = load_splits(root)
     test = splits[splits.split == "test"]

@@ -14,6 +14,7 @@ import os
 import shutil
 import sys
 import tempfile
+from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -65,13 +66,17 @@ def acquire(root: Path, stage: str, staging: Path) -> Path:
     raise StagebookError(f"{lock}: could not take the stage's lock; remove the file if no run of {stage} is going.")
 
 
-def hold_sweep(root: Path, stage: str) -> Path:
-    "Mark this process as a sweep of `stage` until `release`: if it dies, the next command reaps its runs."
+@contextmanager
+def holding_sweep(root: Path, stage: str):
+    "Mark this process as a sweep of `stage` while it runs: if it dies, the next command reaps its runs."
     lock = root / LOCK_DIR / f"sweep-{stage}-{os.getpid()}.json"
     lock.parent.mkdir(parents=True, exist_ok=True)
     lock.write_text(json.dumps({"pid": os.getpid(), "stage": stage, "kind": "sweep",
                                 "started": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")}))
-    return lock
+    try:
+        yield lock
+    finally:
+        release(lock)
 
 
 def release(lock: Path) -> None:

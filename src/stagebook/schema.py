@@ -67,8 +67,9 @@ def _check_keys_against_params(params: dict, schema: dict, name: str, where: str
     if rules.get("param_keys"):
         unknown = [k for k in keys if k not in schema or k == name]
         if unknown:
-            raise StagebookError(f"{where}: {name} = {value!r} varies {unknown}, which {'is' if len(unknown) == 1 else 'are'}"
-                                 f" not a param of this stage; expected keys among the params in {source}.")
+            verb = "is" if len(unknown) == 1 else "are"
+            raise StagebookError(f"{where}: {name} = {value!r} varies {unknown}, which {verb} not a param of this stage;"
+                                 f" expected keys among the params in {source}.")
     limit = rules.get("keys_when")
     if limit and all(params.get(k) == v for k, v in limit["if"].items()):
         refused = [k for k in keys if k not in limit["among"]]

@@ -16,6 +16,7 @@ import os
 import random
 import sys
 import time
+from contextlib import ExitStack
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -95,101 +96,93 @@ def run_sweep(stage_ref: str, grid: dict[str, list], fixed: list[str] = (), jobs
     out_dir = Path(out_dir) if out_dir else root / "reports" / "sweeps" / stage.name / stamp
     out_dir.mkdir(parents=True, exist_ok=True)
 
-    parent, lock = None, None
-    if track and parent_run_id is None:  # a sweep of its own, not one inside a stage run (which holds the stage's lock)
-        runlock.reap_dead(root)
-        lock = runlock.hold_sweep(root, stage.name)
-        parent = _parent_run(root, stage, grid, list(fixed), samples)
-        parent_run_id = parent.wait_started()
-    try:
-        return _run_variants(root, stage, combos, fixed, jobs, out_dir, parent, parent_run_id, track, metric, maximize,
-                             backend, address, cpus_per_variant, gpus_per_variant, timeout, progress, fresh_workers)
-    finally:
-        if lock is not None:
-            runlock.release(lock)
+    with ExitStack() as held:
+        parent = None
+        if track and parent_run_id is None:  # a sweep of its own, not one inside a stage run (which holds its lock)
+            runlock.reap_dead(root)
+            held.enter_context(runlock.holding_sweep(root, stage.name))
+            parent = _parent_run(root, stage, grid, list(fixed), samples)
+            parent_run_id = parent.wait_started()
 
+        import pandas as pd
 
-def _run_variants(root, stage, combos, fixed, jobs, out_dir, parent, parent_run_id, track, metric, maximize, backend,
-                  address, cpus_per_variant, gpus_per_variant, timeout, progress, fresh_workers):
-    import pandas as pd
+        from . import cluster
 
-    from . import cluster
-
-    jobs = max(1, min(jobs, len(combos)))
-    engine = cluster.start(address, backend)
-    cpus = cpus_per_variant or max(1, (os.cpu_count() or 1) // jobs)
-    from .device import gpu_names
-    gpus = len(gpu_names())  # several GPUs: a GPU per variant; one GPU: shared; none: none
-    gpu_share = gpus_per_variant if gpus_per_variant is not None else (1.0 if gpus > 1 else 1.0 / jobs if gpus else 0.0)
-    threads = str(max(1, int(cpus)))
-    tasks = []
-    for index, combo in enumerate(combos):
-        name = f"v{index:02d}"
-        sets = [*fixed, *as_overrides(combo)]
-        cmd = ["-m", "stagebook.cli", "run", stage.name, "--variant-dir", str(out_dir / name),
-               "--run-name", f"{stage.name} {name}", *(["--parent-run", parent_run_id] if parent_run_id else []),
-               *(["--timeout", str(timeout)] if timeout else []),
-               *([] if track else ["--no-track"]), *itertools.chain.from_iterable(("--set", s) for s in sets)]
-        env = {"OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads,
-               OWNER_PID_VAR: os.environ.get(OWNER_PID_VAR) or str(os.getpid()),  # the stage run's or this sweep's
-               **{k: os.environ[k] for k in _PASSED_ON if k in os.environ},
-               **({"CUDA_VISIBLE_DEVICES": str(index % gpus)} if gpus > 1 and engine.kind == "local" else {}),
-               "PYTORCH_CUDA_ALLOC_CONF": os.environ.get("PYTORCH_CUDA_ALLOC_CONF", "expandable_segments:True")}
-        tasks.append({"cmd": cmd, "cwd": str(root), "env": env, "folder": str(out_dir / name),
-                      "attempts_file": str(out_dir / f"{name}.attempts")})
-    show = sys.stderr.isatty() if progress is None else progress
-    if show:
-        print(f"stagebook: sweep of {len(combos)} variants on {engine.describe()}", file=sys.stderr, flush=True)
-    finished = []
-    started = time.perf_counter()
-
-    def done(index: int, result: dict) -> None:
-        finished.append(index)
+        jobs = max(1, min(jobs, len(combos)))
+        engine = cluster.start(address, backend)
+        cpus = cpus_per_variant or max(1, (os.cpu_count() or 1) // jobs)
+        from .device import gpu_names
+        gpus = len(gpu_names())  # several GPUs: a GPU per variant; one GPU: shared; none: none
+        gpu_share = gpus_per_variant if gpus_per_variant is not None else (1.0 if gpus > 1 else 1.0 / jobs if gpus else 0.0)
+        threads = str(max(1, int(cpus)))
+        tasks = []
+        for index, combo in enumerate(combos):
+            name = f"v{index:02d}"
+            sets = [*fixed, *as_overrides(combo)]
+            cmd = ["-m", "stagebook.cli", "run", stage.name, "--variant-dir", str(out_dir / name),
+                   "--run-name", f"{stage.name} {name}", *(["--parent-run", parent_run_id] if parent_run_id else []),
+                   *(["--timeout", str(timeout)] if timeout else []),
+                   *([] if track else ["--no-track"]), *itertools.chain.from_iterable(("--set", s) for s in sets)]
+            env = {"OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads,
+                   OWNER_PID_VAR: os.environ.get(OWNER_PID_VAR) or str(os.getpid()),  # the stage run's or this sweep's
+                   **{k: os.environ[k] for k in _PASSED_ON if k in os.environ},
+                   **({"CUDA_VISIBLE_DEVICES": str(index % gpus)} if gpus > 1 and engine.kind == "local" else {}),
+                   "PYTORCH_CUDA_ALLOC_CONF": os.environ.get("PYTORCH_CUDA_ALLOC_CONF", "expandable_segments:True")}
+            tasks.append({"cmd": cmd, "cwd": str(root), "env": env, "folder": str(out_dir / name),
+                          "attempts_file": str(out_dir / f"{name}.attempts")})
+        show = sys.stderr.isatty() if progress is None else progress
         if show:
-            value = result["metrics"].get(metric) if metric else None
-            print(PROGRESS_FORMAT.format(name=f"v{index:02d}", status="done" if result["returncode"] == 0 else "FAILED",
-                                         done=len(finished), total=len(combos),
-                                         metric=f" {metric}={value:.4g}" if isinstance(value, (int, float)) else "",
-                                         where=result.get("host") or "?", seconds=result.get("seconds", 0.0)),
-                  file=sys.stderr, flush=True)
+            print(f"stagebook: sweep of {len(combos)} variants on {engine.describe()}", file=sys.stderr, flush=True)
+        finished = []
+        started = time.perf_counter()
 
-    try:
-        results = cluster.submit(engine, tasks, cpus, gpu_share, jobs, done, fresh_workers)
-    finally:
-        cluster.stop(engine)
-    rows = []
-    for index, (combo, result) in enumerate(zip(combos, results)):
-        ok = result["returncode"] == 0
-        row = {"variant": f"v{index:02d}", **{k: _text(v) if isinstance(v, (list, dict)) else v for k, v in combo.items()},
-               "status": "ok" if ok else "failed", "seconds": result["seconds"], "node": result["host"],
-               "node_id": result["node"][:12],
-               "attempts": _attempts(out_dir / f"v{index:02d}.attempts")}
-        row.update({f"metric_{k}" if k in row or k == "error" else k: v for k, v in result["metrics"].items()})
-        rows.append({**row, "error": result["error"], "run_id": result["run_id"], "_outputs": result["outputs"]})
-    summary = pd.DataFrame(rows)
-    summary.attrs.update(wall_seconds=time.perf_counter() - started, jobs=jobs, engine=engine.describe(),
-                         engine_start_seconds=engine.start_seconds)
-    if metric and metric in summary:
-        summary = summary.sort_values(metric, ascending=not maximize, kind="stable", na_position="last")
-    lost = _mark_lost(root, stage.name, summary, out_dir) if track else 0
-    ok = summary[summary.status == "ok"]
-    if len(ok) and metric and metric in ok:
-        best = ok.iloc[0]
-        bring_back(root, out_dir, best.variant, best.run_id, best["_outputs"])  # the winner's files, here and verified
-    outputs = summary.pop("_outputs")
-    summary.attrs["outputs"] = dict(zip(summary.variant, outputs))
-    summary.to_csv(out_dir / "summary.csv", index=False)
-    if parent is not None:
-        best = {f"best_{metric}": float(ok[metric].iloc[0])} if metric and metric in ok and len(ok) else {}
-        parent.finish("FINISHED" if len(ok) == len(summary) else "FAILED",
-                      {"variants": len(summary), "failed": int((summary.status != "ok").sum()), "lost": lost,
-                       "wall_seconds": summary.attrs["wall_seconds"], "engine_start_seconds": engine.start_seconds,
-                       **best}, files=[out_dir / "summary.csv"],
-                      tags={"stagebook.engine": engine.describe(),
-                            **({"stagebook.failed_variants": "; ".join(f"{r.variant}: {r.error}" for r in
-                                                                       summary[summary.status != "ok"].itertuples())[:5000]}
-                               if len(ok) < len(summary) else {})})
-    return summary
+        def done(index: int, result: dict) -> None:
+            finished.append(index)
+            if show:
+                value = result["metrics"].get(metric) if metric else None
+                print(PROGRESS_FORMAT.format(name=f"v{index:02d}", status="done" if result["returncode"] == 0 else "FAILED",
+                                             done=len(finished), total=len(combos),
+                                             metric=f" {metric}={value:.4g}" if isinstance(value, (int, float)) else "",
+                                             where=result.get("host") or "?", seconds=result.get("seconds", 0.0)),
+                      file=sys.stderr, flush=True)
+
+        try:
+            results = cluster.submit(engine, tasks, cpus, gpu_share, jobs, done, fresh_workers)
+        finally:
+            cluster.stop(engine)
+        rows = []
+        for index, (combo, result) in enumerate(zip(combos, results)):
+            ok = result["returncode"] == 0
+            row = {"variant": f"v{index:02d}", **{k: _text(v) if isinstance(v, (list, dict)) else v for k, v in combo.items()},
+                   "status": "ok" if ok else "failed", "seconds": result["seconds"], "node": result["host"],
+                   "node_id": result["node"][:12],
+                   "attempts": _attempts(out_dir / f"v{index:02d}.attempts")}
+            row.update({f"metric_{k}" if k in row or k == "error" else k: v for k, v in result["metrics"].items()})
+            rows.append({**row, "error": result["error"], "run_id": result["run_id"], "_outputs": result["outputs"]})
+        summary = pd.DataFrame(rows)
+        summary.attrs.update(wall_seconds=time.perf_counter() - started, jobs=jobs, engine=engine.describe(),
+                             engine_start_seconds=engine.start_seconds)
+        if metric and metric in summary:
+            summary = summary.sort_values(metric, ascending=not maximize, kind="stable", na_position="last")
+        lost = _mark_lost(root, stage.name, summary, out_dir) if track else 0
+        ok = summary[summary.status == "ok"]
+        if len(ok) and metric and metric in ok:
+            best = ok.iloc[0]
+            bring_back(root, out_dir, best.variant, best.run_id, best["_outputs"])  # the winner's files, here and verified
+        outputs = summary.pop("_outputs")
+        summary.attrs["outputs"] = dict(zip(summary.variant, outputs))
+        summary.to_csv(out_dir / "summary.csv", index=False)
+        if parent is not None:
+            best = {f"best_{metric}": float(ok[metric].iloc[0])} if metric and metric in ok and len(ok) else {}
+            parent.finish("FINISHED" if len(ok) == len(summary) else "FAILED",
+                          {"variants": len(summary), "failed": int((summary.status != "ok").sum()), "lost": lost,
+                           "wall_seconds": summary.attrs["wall_seconds"], "engine_start_seconds": engine.start_seconds,
+                           **best}, files=[out_dir / "summary.csv"],
+                          tags={"stagebook.engine": engine.describe(),
+                                **({"stagebook.failed_variants": "; ".join(f"{r.variant}: {r.error}" for r in
+                                                                           summary[summary.status != "ok"].itertuples())[:5000]}
+                                   if len(ok) < len(summary) else {})})
+        return summary
 
 
 _PASSED_ON = ("STAGEBOOK_TRACKING_URI", "STAGEBOOK_ARTIFACT_ROOT", "PYTHONPATH", "MLFLOW_DISABLE_TELEMETRY",
