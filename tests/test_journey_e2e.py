@@ -20,7 +20,7 @@ pytestmark = pytest.mark.e2e
 EDITS = {"02_baseline": {"models": ["majority_class", "knn", "logistic_regression"]},
          "04_tuning": {"epochs": 8, "phases": ["sanity", "one_batch", "regularise", "search"],
                        "search_grid": {"dropout": [0.1, 0.3]}, "early_stopping_patience": 3},
-         "06_sealed_test": {"bootstrap": 200, "latency_repeats": 20}}
+         "06_sealed_test": {"latency_repeats": 20}}
 
 
 def _run(root: Path, *cmd: str) -> subprocess.CompletedProcess:

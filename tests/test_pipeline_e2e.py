@@ -20,7 +20,7 @@ SMALL = {"embed_digits": {"per_class": 15},
          "02_baseline": {"forest_trees": 50},
          "04_tuning": {"epochs": 10, "overfit_epochs": 10, "train_accuracy_target": 0.8, "early_stopping_patience": 3,
                        "search_grid": {"dropout": [0.1, 0.3]}},
-         "06_sealed_test": {"bootstrap": 200, "latency_repeats": 20}}
+         "06_sealed_test": {"latency_repeats": 20}}
 
 
 def _set_params(root: Path, stage: str, **values):
