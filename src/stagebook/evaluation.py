@@ -7,7 +7,6 @@ evaluated on this seal reuses its result; a new model past the budget is refused
 """
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -102,23 +101,13 @@ def accuracy_interval(correct, level: float = 0.95) -> tuple[float, float, float
 
 
 def latency_ms(model, shape: tuple[int, ...], repeats: int = 200, warmup: int = 10) -> float:
-    """Median milliseconds of one forward pass at `shape` (batch first), on the model's device, without gradients.
-
-    It needs no test item: an input of zeros of the right shape costs the same as a real one.
-    """
+    """Median milliseconds of one forward pass at `shape` (batch first), on the model's device, without gradients
+    (`gate.time_calls`, the promotion gate's timer). It needs no test item: zeros of the right shape cost the same."""
     import torch
 
+    from .gate import time_calls
+
     first = next(model.parameters(), None)
-    one = torch.zeros(*shape, device=first.device if first is not None else "cpu")
-    sync = torch.cuda.synchronize if one.is_cuda else (lambda: None)
-    times = []
-    with torch.no_grad():
-        for _ in range(warmup):
-            model(one)
-        sync()
-        for _ in range(max(1, repeats)):
-            start = time.perf_counter()
-            model(one)
-            sync()
-            times.append(time.perf_counter() - start)
+    (times,) = time_calls([model], torch.zeros(*shape, device=first.device if first is not None else "cpu"), repeats,
+                          warmup)
     return 1000 * float(np.median(times))

@@ -76,21 +76,31 @@ def rule_holds(rule: str, numbers: dict) -> bool:
     return any(all(one(p) for p in re.split(r"\s+and\s+", alt)) for alt in re.split(r"\s+or\s+", rule.strip()))
 
 
-def time_pair(champion, challenger, inputs, repeats: int = 200, warmup: int = 10) -> tuple[np.ndarray, np.ndarray]:
-    "Seconds per call of each model on the same inputs, interleaved (alternating which goes first), after warm-up."
+def time_calls(models: list, inputs, repeats: int = 200, warmup: int = 10) -> list[np.ndarray]:
+    """Seconds per call of each model on the same inputs, interleaved (the order rotating each round), after warm-up,
+    without gradients. On a GPU each call is waited for, so the time is the model's, not the launch's."""
     import torch
 
+    sync = torch.cuda.synchronize if getattr(inputs, "is_cuda", False) else (lambda: None)
+    times = [np.empty(max(1, repeats)) for _ in models]
     with torch.inference_mode():
         for _ in range(warmup):
-            champion(inputs)
-            challenger(inputs)
-        a, b = np.empty(repeats), np.empty(repeats)
-        for i in range(repeats):
-            order = ((champion, a), (challenger, b)) if i % 2 == 0 else ((challenger, b), (champion, a))
-            for model, out in order:
-                start = time.perf_counter()
+            for model in models:
                 model(inputs)
-                out[i] = time.perf_counter() - start
+        sync()
+        for i in range(len(times[0])):
+            for k in range(len(models)):
+                at = (i + k) % len(models)
+                start = time.perf_counter()
+                models[at](inputs)
+                sync()
+                times[at][i] = time.perf_counter() - start
+    return times
+
+
+def time_pair(champion, challenger, inputs, repeats: int = 200, warmup: int = 10) -> tuple[np.ndarray, np.ndarray]:
+    "Seconds per call of each model on the same inputs, interleaved (alternating which goes first), after warm-up."
+    a, b = time_calls([champion, challenger], inputs, repeats, warmup)
     return a, b
 
 
