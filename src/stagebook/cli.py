@@ -7,6 +7,7 @@ from pathlib import Path
 
 from . import __version__
 from .errors import StagebookError
+from .startup import trim_imports
 
 
 def _run(args) -> None:
@@ -50,9 +51,10 @@ def _embed_digits(args) -> None:
 
 
 def _stages(args) -> None:
-    from .project import find_root, stages
-    for stage in stages(find_root()):
-        print(stage.name)
+    from .project import find_root, stages, stages_before_test
+    root = find_root()
+    for name in stages_before_test(root) if args.before_test else [s.name for s in stages(root)]:
+        print(name)
 
 
 def _runs(args) -> None:
@@ -515,12 +517,16 @@ def parser() -> argparse.ArgumentParser:
     exps.add_argument("--width", type=int, help="characters per line (default: the terminal's)")
     exps.set_defaults(func=_exps)
 
-    sub.add_parser("stages", help="list the project's stages in order").set_defaults(func=_stages)
+    listing = sub.add_parser("stages", help="list the project's stages in order")
+    listing.add_argument("--before-test", action="store_true",
+                         help="only those before the sealed-test stage (`dvc repro $(stagebook stages --before-test)`)")
+    listing.set_defaults(func=_stages)
     sub.add_parser("lineage", help="print the current code commit, data version and model hash").set_defaults(func=_lineage)
     return top
 
 
 def main(argv: list[str] | None = None) -> int:
+    trim_imports()  # seconds of optional imports no command needs
     args = parser().parse_args(argv)
     try:
         code = args.func(args)

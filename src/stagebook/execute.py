@@ -21,6 +21,7 @@ from .errors import StagebookError
 from .iorw import atomic_write_text, replace_tree
 from .params import load_params, params_hash, parse_overrides
 from .project import Stage, find_root, resolve_stage
+from .startup import trim_imports
 from .protocol import (LINEAGE_VAR, OWNER_PID_VAR, PARAMS_VAR, ROOT_VAR, RUN_DIR_VAR, STAGE_VAR, TRACKED_VAR, VARIANT_VAR,
                        Staging)
 from .terminal import StageProgress
@@ -60,6 +61,7 @@ def run_stage(ref: str, overrides: list[str] = (), root: Path | None = None, tra
     With `variant_dir` (one variant of a sweep) everything the run writes stays in that folder: no report, and the
     stage's own outputs, metrics and PDF are left alone. `parent_run_id` nests its MLflow run under the sweep's run.
     """
+    trim_imports()  # a runner in a sweep's worker does not pass through the CLI
     root = (root or find_root()).resolve()
     stage = resolve_stage(root, ref)
     defaults = load_params(stage.params_file)
