@@ -15,13 +15,13 @@ export PYDEVD_DISABLE_FILE_VALIDATION := 1
 .PHONY: run test bench setup tex lab mlflow-ui mlflow-server export wheel lock clean
 
 run: setup tex
-	dvc repro
-	@# The sealed test is read only for a model the team submits. The worked example submits stage 04's model when it
-	@# beats the stage-02 bar on validation (stagebook refuses it otherwise), lets DVC evaluate it, then registers it and
-	@# makes it champion if the gate lets it (`stagebook promote`).
+	@# The stages before the sealed test first; then the test is read only for a model the team submits. The worked
+	@# example submits stage 04's model when it beats the stage-02 bar on validation (stagebook refuses it otherwise),
+	@# lets DVC evaluate it, then registers it and makes it champion if the gate lets it (`stagebook promote`).
+	stages=$$(stagebook stages --before-test) && dvc repro $$stages
 	@if stagebook submit --by "make run" --reason "the worked example's model"; then dvc repro && \
 	  (stagebook promote || echo "stagebook: not promoted (see above): the champion stays"); \
-	else echo "stagebook: no model submitted (see above); reports/06_sealed_test.pdf says why"; fi
+	else dvc repro && echo "stagebook: no model submitted (see above); reports/06_sealed_test.pdf says why"; fi
 	@echo "stagebook: done. PDFs: $$(ls reports/*.pdf reports/model_card/*.pdf 2>/dev/null | tr '\n' ' ')| runs: make mlflow-ui | notebooks: make lab"
 
 test: setup tex

@@ -38,3 +38,27 @@ def test_an_environment_override_takes_effect_in_a_running_process(project: Path
     assert settings(project)["tracking_uri"] == "http://head:5000"
     monkeypatch.delenv("STAGEBOOK_TRACKING_URI")
     assert settings(project)["tracking_uri"] == "sqlite:///mlflow.db"
+
+
+def test_the_stages_before_the_sealed_test_are_what_make_run_reproduces_first(project: Path, monkeypatch, capsys):
+    import shutil
+
+    from conftest import REPO
+    from stagebook.cli import main
+    from stagebook.project import stages_before_test
+
+    for name in ("00_page", "05_check", "06_sealed_test", "07_after"):
+        (project / "nbs" / f"{name}.ipynb").write_text("{}")
+    assert stages_before_test(project) == ["00_page", "05_check"]
+    monkeypatch.chdir(project)
+    assert main(["stages", "--before-test"]) == 0
+    assert capsys.readouterr().out.split() == ["00_page", "05_check"]
+    other = shutil.copytree(project, project.parent / "other")  # a project whose test stage has another name
+    with (other / "pyproject.toml").open("a") as f:
+        f.write('sealed_test_stage = "05_check"\n')
+    assert stages_before_test(other) == ["00_page"]
+    # `make run`: those stages first, so the sealed test runs once, after the submission (not first with nothing)
+    recipe = (REPO / "Makefile").read_text().split("\nrun:", 1)[1].split("\n\n", 1)[0]
+    commands = [line.strip() for line in recipe.replace("\\\n", " ").splitlines()[1:] if not line.strip().startswith("@#")]
+    assert commands[0] == "stages=$$(stagebook stages --before-test) && dvc repro $$stages"  # none run if it fails
+    assert commands[1].count("dvc repro") == 2  # after a submission, and after a refused one (06 says why)

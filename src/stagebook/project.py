@@ -119,6 +119,12 @@ def stages(root: Path) -> list[Stage]:
     return [Stage(p.stem, root) for p in sorted((root / "nbs").glob("*.ipynb")) if STAGE_NAME.match(p.stem)]
 
 
+def stages_before_test(root: Path) -> list[str]:
+    "Every stage before the sealed-test stage, in order: what may run before the team decides to take the test."
+    sealed = settings(root)["sealed_test_stage"]
+    return [s.name for s in stages(root) if s.name < sealed]
+
+
 def resolve_stage(root: Path, ref: str) -> Stage:
     "A stage from `04`, `04_tuning` or `nbs/04_tuning.ipynb`."
     key = Path(ref).stem

@@ -27,10 +27,9 @@ HOOK_MARK = "# stagebook post-receive hook"
 
 def stages_to_train(root: Path) -> list[str]:
     "Every stage before the sealed-test stage, in order (the sealed test and anything after it never run here)."
-    from .project import settings, stages
+    from .project import stages_before_test
 
-    sealed = settings(root)["sealed_test_stage"]
-    return [s.name for s in stages(root) if s.name < sealed]
+    return stages_before_test(root)
 
 
 def _run(cmd: list[str], cwd: Path, check: bool = True) -> subprocess.CompletedProcess:
