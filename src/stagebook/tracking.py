@@ -1,8 +1,9 @@
 """One MLflow run per stage execution, in the project's own SQLite store.
 
-Importing MLflow and opening its store takes about 2 s of CPU. The runner therefore hands the tracking to a helper
-process (`python -m stagebook.tracking`), started before the notebook and fed over a pipe, so that work runs on
-another core while papermill and the kernel do theirs; only the final logging adds to a stage's wall time.
+Importing MLflow and its SQLAlchemy store takes about 2.7 s of CPU. The runner therefore hands the tracking to
+another process, so that work runs beside papermill and the kernel and only the final logging adds to a stage's wall
+time: this machine's tracking agent (`stagebook.trackagent`), which has paid the import for earlier runs, or else a
+helper of the run's own (`python -m stagebook.tracking`, fed over a pipe). Both speak `converse`'s protocol.
 """
 from __future__ import annotations
 
@@ -77,15 +78,26 @@ class Tracker:
         self.root, self.stage, self.params, self.lineage, self.run_name = root, stage, params, lineage, run_name
         self.run_dir = run_dir  # where the notebook writes child runs; the helper logs each one as it finishes
         self.run_id: str | None = None
-        self._proc: subprocess.Popen | None = None
+        self._proc: subprocess.Popen | None = None  # a helper of the run's own, when no agent could be had
+        self.agent_pid: int | None = None           # the agent that tracks the run (`stagebook.trackagent`)
+        self._reader = self._writer = None
         self._lock = threading.Lock()  # the runner and its run-id thread may both wait for the start reply
 
     def start_in_background(self) -> None:
+        """Open the run without waiting for MLflow: through this machine's tracking agent (`stagebook.trackagent`,
+        which has MLflow imported already), or else a helper process of the run's own."""
+        from . import trackagent
+
         env = {**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true", "GIT_PYTHON_REFRESH": "quiet",
                "MLFLOW_LOGGING_LEVEL": "WARNING",  # not "Creating initial MLflow database tables..."
                "MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT": "true"}  # nor "View run ... at" with a tracking server
-        self._proc = subprocess.Popen([sys.executable, "-m", "stagebook.tracking"], stdin=subprocess.PIPE,
-                                      stdout=subprocess.PIPE, text=True, env=env)
+        agent = trackagent.connect(env) if trackagent.enabled(env) else None
+        if agent is not None:
+            self._reader, self._writer, self.agent_pid = agent
+        else:
+            self._proc = subprocess.Popen([sys.executable, "-m", "stagebook.tracking"], stdin=subprocess.PIPE,
+                                          stdout=subprocess.PIPE, text=True, env=env)
+            self._reader, self._writer = self._proc.stdout, self._proc.stdin
         self._send({"op": "start", "root": str(self.root), "stage": self.stage, "params": self.params, "pid": os.getpid(),
                     "owner_pid": os.environ.get(OWNER_PID_VAR, ""), "lineage": self.lineage.as_dict(), "run_name": self.run_name,
                     "run_dir": str(self.run_dir) if self.run_dir else None})
@@ -114,16 +126,24 @@ class Tracker:
                     "files": [str(p) for p in files if p.is_file()],
                     "folders": [str(p) for p in folders if p.is_dir() and any(p.iterdir())]})
         self._reply()
-        self._proc.stdin.close()
-        self._proc.wait()
+        self._writer.close()
+        if self._proc is not None:
+            self._proc.wait()
 
     def _send(self, message: dict) -> None:
-        self._proc.stdin.write(json.dumps(message, default=str) + "\n")
-        self._proc.stdin.flush()
+        self._writer.write(json.dumps(message, default=str) + "\n")
+        self._writer.flush()
 
     def _reply(self) -> dict:
-        line = self._proc.stdout.readline()
-        reply = json.loads(line) if line.strip() else {"error": f"tracking process ended (exit code {self._proc.wait()})"}
+        try:
+            line = self._reader.readline()
+        except OSError:
+            line = ""
+        if not line.strip():
+            reply = {"error": f"tracking process ended (exit code {self._proc.wait()})" if self._proc is not None
+                     else f"tracking agent {self.agent_pid} closed the connection"}
+        else:
+            reply = json.loads(line)
         if "error" in reply:
             raise StagebookError(f"{tracking_uri(self.root)}: MLflow could not record the run ({reply['error']});"
                                  " if the store is damaged, move mlflow.db aside to start a fresh one.")
@@ -299,32 +319,57 @@ def _finish(client, run_id: str, request: dict, watcher: _ChildWatcher | None = 
     client.set_terminated(run_id, request["status"])
 
 
+def converse(reader, writer) -> bool:
+    """One run's conversation: a `start` request, then a `finish` request, each answered with a JSON line. True when
+    the run was finished; False when the runner went away first (its run stays RUNNING until it is reaped) or a
+    request failed (the error is the answer)."""
+    from .project import _file_settings
+
+    def reply(message: dict) -> None:
+        writer.write(json.dumps(message) + "\n")
+        writer.flush()
+
+    client = run_id = watcher = None
+    try:
+        for line in reader:
+            request = json.loads(line)
+            try:
+                if request["op"] == "start":
+                    _file_settings.cache_clear()  # an agent lives across runs: read [tool.stagebook] as it is now
+                    _forget_stores()  # ... and open the store as it is now (it may have been moved aside)
+                    client, run_id = _start(request)
+                    reply({"run_id": run_id})
+                    watcher = _ChildWatcher(client, run_id, request.get("run_dir"))
+                elif request["op"] == "finish":
+                    _finish(client, run_id, request, watcher)
+                    reply({"ok": True})
+                    return True
+            except Exception as err:  # sent to the runner, which prints it as one line
+                reply({"error": f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"})
+                return False
+        return False
+    finally:
+        if watcher is not None:
+            watcher.close()
+
+
+def _forget_stores() -> None:
+    """Drop the stores MLflow keeps per URI in this process: a store made afresh checks its tables, so a SQLite file
+    moved aside and replaced is set up again instead of failing ("no such table") or writing to the old one."""
+    from mlflow.tracking._model_registry.registry import ModelRegistryStoreRegistry
+    from mlflow.tracking._tracking_service.registry import TrackingStoreRegistry
+
+    TrackingStoreRegistry._get_store_with_resolved_uri.cache_clear()
+    ModelRegistryStoreRegistry._get_store_with_resolved_uri.cache_clear()
+
+
 def _serve() -> None:
-    "The helper process: one `start` request, then one `finish` request, each answered with a JSON line."
+    "The per-run helper (when there is no agent, `stagebook.trackagent`): one conversation over its stdin and stdout."
     logging.basicConfig(level=logging.WARNING)
     channel = sys.stdout  # replies only: anything else MLflow prints (a run's URL on a server) goes to stderr
     sys.stdout = sys.stderr
-
-    def reply(message: dict) -> None:
-        channel.write(json.dumps(message) + "\n")
-        channel.flush()
-
-    client = run_id = watcher = None
-    for line in sys.stdin:
-        request = json.loads(line)
-        try:
-            if request["op"] == "start":
-                client, run_id = _start(request)
-                reply({"run_id": run_id})
-                watcher = _ChildWatcher(client, run_id, request.get("run_dir"))
-            elif request["op"] == "finish":
-                _finish(client, run_id, request, watcher)
-                reply({"ok": True})
-                # Everything is committed; skip MLflow's exit handlers, which cost about 0.8 s of a stage's time.
-                os._exit(0)
-        except Exception as err:  # sent to the runner, which prints it as one line
-            reply({"error": f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"})
-            return
+    if converse(sys.stdin, channel):
+        os._exit(0)  # everything is committed; skip MLflow's exit handlers, which cost about 0.8 s of a stage's time
 
 
 if __name__ == "__main__":
