@@ -279,7 +279,8 @@ def _source_cell_number(notebook: Path, executed_index: int) -> int:
 
 
 def _local_kernel_manager():
-    "Kernels on unix sockets: the kernel never listens on TCP (and stops warning that it does so unencrypted)."
+    """Kernels on unix sockets (the kernel never listens on TCP, and stops warning that it does so unencrypted),
+    started through `stagebook.kernel`, which ends without the interpreter's teardown."""
     from jupyter_client.manager import AsyncKernelManager
 
     class LocalSocketKernelManager(AsyncKernelManager):
@@ -289,6 +290,11 @@ def _local_kernel_manager():
             prefix = Path(tempfile.mkdtemp(prefix=f"{runlock.SOCKET_PREFIX}{os.getpid()}-")) / "k"
             super().__init__(transport="ipc", ip=str(prefix), **kwargs)
             self._socket_dir = prefix.parent
+
+        def format_kernel_cmd(self, extra_arguments=None) -> list[str]:
+            # IPython's own launcher becomes ours (`stagebook.kernel`): the same kernel, which ends without teardown
+            cmd = super().format_kernel_cmd(extra_arguments)
+            return [("stagebook.kernel" if part == "ipykernel_launcher" else part) for part in cmd]
 
         async def _async_interrupt_kernel(self) -> None:
             # jupyter_client sends SIGINT before every shutdown request; an idle kernel then logs "KeyboardInterrupt
