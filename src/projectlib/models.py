@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from stagebook import training
+from stagebook import inference
 from stagebook.predictor import load_checkpoint
 from torch import nn
 
@@ -29,4 +29,4 @@ def load_model(path: Path) -> tuple[nn.Module, dict]:
 
 def predict_proba(model: nn.Module, pixels: np.ndarray, batch_size: int = 512) -> np.ndarray:
     "Class probabilities for (N, C, H, W) pixels."
-    return training.predict_proba(model, pixels, batch_size)
+    return inference.predict_proba(model, pixels, batch_size)

@@ -21,6 +21,7 @@ from fastai.optimizer import OptimWrapper
 from torch import nn
 
 from .errors import StagebookError
+from .inference import device_of, predict_proba  # noqa: F401 (predict_proba: part of this module's API)
 
 
 class RecipeCheckFailed(StagebookError):
@@ -225,20 +226,6 @@ def epoch_history(learn: Learner) -> dict[str, list[float]]:
     return {name: [float(row[i]) for row in learn.recorder.values] for i, name in enumerate(names)}
 
 
-@torch.no_grad()
-def predict_proba(model: nn.Module, x, batch_size: int = 1024) -> np.ndarray:
-    "Softmax probabilities for (N, C, H, W) inputs, in eval mode."
-    model.eval()
-    x, device = torch.as_tensor(x), _device_of(model)
-    return torch.cat([torch.softmax(model(x[i:i + batch_size].to(device)), 1).float().cpu()
-                      for i in range(0, len(x), batch_size)]).numpy()
-
-
-def _device_of(model: nn.Module) -> torch.device:
-    "Where the model's weights are (inputs follow the model, so prediction works on CPU and GPU alike)."
-    return next(model.parameters(), torch.empty(0)).device
-
-
 def accuracy(model: nn.Module, x, y) -> float:
     return float((predict_proba(model, x).argmax(1) == np.asarray(y)).mean())
 
@@ -247,7 +234,7 @@ def accuracy(model: nn.Module, x, y) -> float:
 def check_init_loss(model: nn.Module, xb, yb, n_classes: int, tolerance: float = 0.1) -> float:
     "The loss of the untrained model must be within `tolerance` (relative) of ln(n_classes); returns the loss."
     model.eval()
-    device = _device_of(model)
+    device = device_of(model)
     loss = float(nn.functional.cross_entropy(model(torch.as_tensor(xb).to(device)), torch.as_tensor(yb).to(device)))
     expected = math.log(n_classes)
     if abs(loss - expected) > tolerance * expected:
@@ -259,7 +246,7 @@ def check_init_loss(model: nn.Module, xb, yb, n_classes: int, tolerance: float =
 
 def overfit_one_batch(model: nn.Module, xb, yb, lr: float, max_steps: int, threshold: float) -> list[float]:
     "Train on one batch until its loss is below `threshold`; fails the stage if `max_steps` are not enough."
-    device = _device_of(model)
+    device = device_of(model)
     xb, yb = torch.as_tensor(xb).to(device), torch.as_tensor(yb).to(device)
     model.train()
     optimizer = torch.optim.Adam(model.parameters(), lr=lr) if any(p.requires_grad for p in model.parameters()) else None
