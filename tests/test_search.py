@@ -62,3 +62,30 @@ def test_a_training_variant_in_a_forked_process_learns(tmp_path: Path):
     assert (table.status == "ok").all(), table.error.tolist()
     assert (table.valid_accuracy > 0.8).all() and (table.epochs_run >= 1).all()
     assert all((tmp_path / v / "model.pth").is_file() for v in table.variant)
+
+
+def test_a_variant_never_collects_the_parents_garbage(tmp_path: Path):
+    # A collection in the child runs the destructors of the parent's garbage there; a Ray client's joins a thread the
+    # child lacks and hung a variant for ever. Here the destructor only says where it ran.
+    import gc
+    parent, marker = os.getpid(), tmp_path / "collected_in"
+
+    class Cycle:
+        def __del__(self):
+            if os.getpid() != parent:
+                marker.write_text(str(os.getpid()))
+
+    def variant(params: dict, folder: Path) -> dict:
+        return {"found": gc.collect()}
+
+    gc.disable()  # so the cycle is still garbage, not yet collected, when the variant is forked
+    try:
+        cycle = Cycle()
+        cycle.me = cycle
+        del cycle
+        table = run_inline(variant, {"x": [1]}, tmp_path / "out", jobs=1, progress=False)
+    finally:
+        gc.enable()
+        gc.collect()
+    assert (table.status == "ok").all(), table.error.tolist()
+    assert not marker.exists()

@@ -27,6 +27,7 @@ from PIL import Image, UnidentifiedImageError
 from . import calibration, nearcopy
 from .dataconfig import flatten_alpha
 from .errors import StagebookError
+from .startup import forking_safely
 
 Image.MAX_IMAGE_PIXELS = 50_000_000  # a decompression bomb is quarantined, not decoded
 
@@ -133,7 +134,8 @@ def inspect_all(paths: list[str], workers: int | None = None, progress: bool = T
         iterator = map(_inspect_known, paths)
         pool = None
     else:
-        pool = get_context("fork").Pool(workers)
+        with forking_safely():  # the workers are forked here
+            pool = get_context("fork").Pool(workers)
         iterator = pool.imap(_inspect_known, paths, chunksize=chunk)
     try:
         for position, found in enumerate(iterator):

@@ -25,6 +25,7 @@ from typing import Callable
 import pandas as pd
 
 from . import stage
+from .startup import forking_safely
 from .sweep import PROGRESS_FORMAT, variants
 
 RESULT = "result.json"
@@ -102,7 +103,8 @@ def run_inline(train: Callable[[dict, Path], dict], grid: dict[str, list], out_d
                                        "seconds": time.perf_counter() - start})
                     continue
                 process = context.Process(target=_child, args=(train, combos[index], folder, threads))
-                process.start()
+                with forking_safely():  # the parent's garbage is never collected in the variant
+                    process.start()
                 running[process.sentinel] = (index, process, time.perf_counter())
             if not running:
                 continue

@@ -1,12 +1,14 @@
-"""A quick start for the toolkit's own processes (the CLI, the stage runner): skip optional imports that cost seconds.
+"""The toolkit's own processes: a quick start (optional imports that cost seconds are skipped), a quick end (no
+teardown of loaded modules), and forks that cannot hang on the parent's garbage.
 
 jsonschema, which nbformat, papermill and Pweave import, loads `rfc3987_syntax` when it is installed (jupyter-events
 pulls it in) to check the `iri` string format; building its grammar takes about 1.3 s at every import, a third of a
-short stage's run. Notebooks never pass through here: a kernel, and a user's own process, import it as usual.
+short stage's run. Notebooks never pass through `trim_imports`: a kernel, and a user's own process, import as usual.
 """
 from __future__ import annotations
 
 import sys
+from contextlib import contextmanager
 
 SKIPPED = ("rfc3987_syntax",)  # optional to every importer; the formats they check are not in any schema we validate
 
@@ -43,3 +45,18 @@ def quick_exit(code: int = 0) -> None:
         except (AttributeError, OSError, ValueError):
             pass
     os._exit(code)
+
+
+@contextmanager
+def forking_safely():
+    """Processes forked inside this block never collect the objects this one holds now, garbage included. A
+    collection in a child runs destructors of the parent's garbage there, and one that joins a thread the child does
+    not have (a Ray client's, say) waits for ever: a search variant hung in `Module.__init__` that way, forked from a
+    process that had used Ray. The parent collects as before once the block ends."""
+    import gc
+
+    gc.freeze()
+    try:
+        yield
+    finally:
+        gc.unfreeze()
