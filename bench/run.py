@@ -16,7 +16,8 @@ train:    the stage-04 training loop (fastai Learner over in-memory tensors, `st
           ratio >= 0.85); fastai's generic DataLoader (item-wise collate) is shown for reference.
 stage04:  a full `stagebook run 04_tuning` with the default params (target: under 30 s), where its time goes
           (per cell), and its search variants' fixed overhead besides training (target: under 3 s).
-makerun:  `make run` after set-up in a fresh copy of the project (sharing this checkout's .venv): target < 90 s.
+makerun:  `make run` after set-up in fresh copies of the project (sharing this checkout's .venv): target < 90 s, the
+          median of 3 copies with their spread.
 template: `stagebook new` (copier render, package rename, toolkit wheel, nbdev export, git) against a bare
           `git clone` of the template; and the notebooks' Colab set-up cell outside Colab, executed first thing in a
           fresh interpreter, against a bare statement there (target: under 50 ms).
@@ -290,21 +291,25 @@ def bench_stage04() -> list[dict]:
              "target": 1.0, "ok": overhead < 3}]
 
 
-def bench_makerun() -> list[dict]:
+def bench_makerun(repeats: int = 3) -> list[dict]:
     """`make run` after set-up: the whole worked example (dvc repro, submit, the sealed test, promote, every PDF) in a
-    fresh copy of the project's tracked files that shares this checkout's installed environment (target < 90 s)."""
-    with tempfile.TemporaryDirectory(prefix="stagebook-bench-makerun-") as tmp:
-        root = copy_project(Path(tmp) / "project")
-        (root / ".venv").symlink_to(REPO / ".venv")
-        print("bench: `make run` in a fresh copy (set-up already done) ...", flush=True)
-        # -o: the set-up counts as done (it would re-point the shared environment's editable install at this copy)
-        seconds = timed(["make", "-o", ".venv/.installed", "run", f"PYTHONPATH={root / 'src'}"], root)
-        pdfs = sorted(p.name for p in (root / "reports").glob("*.pdf"))
+    fresh copy of the project's tracked files that shares this checkout's installed environment (target < 90 s,
+    the median of `repeats` copies, with their spread: one run varies by about 10% on 2 cores)."""
+    times, pdfs = [], []
+    for attempt in range(repeats):
+        with tempfile.TemporaryDirectory(prefix="stagebook-bench-makerun-") as tmp:
+            root = copy_project(Path(tmp) / "project")
+            (root / ".venv").symlink_to(REPO / ".venv")
+            print(f"bench: `make run` in a fresh copy (set-up already done), {attempt + 1} of {repeats} ...", flush=True)
+            # -o: the set-up counts as done (it would re-point the shared environment's editable install at this copy)
+            times.append(timed(["make", "-o", ".venv/.installed", "run", f"PYTHONPATH={root / 'src'}"], root))
+            pdfs = sorted(p.name for p in (root / "reports").glob("*.pdf"))
+    seconds = statistics.median(times)
     header()
-    print(f"{'make run after set-up, fresh copy':<44} {seconds:8.2f} s {90.0:8.2f} s {seconds / 90:7.3f} {'<= 1':>8}"
-          f"  {'ok' if seconds < 90 else 'OVER TARGET'}  ({len(pdfs)} PDFs)")
+    print(f"{'make run after set-up, fresh copy (median)':<44} {seconds:8.2f} s {90.0:8.2f} s {seconds / 90:7.3f} {'<= 1':>8}"
+          f"  {'ok' if seconds < 90 else 'OVER TARGET'}  ({len(pdfs)} PDFs; runs {', '.join(f'{t:.1f}' for t in times)} s)")
     return [{"name": "make run after set-up (s)", "ours_s": seconds, "baseline_s": 90.0, "ratio": seconds / 90,
-             "target": 1.0, "ok": seconds < 90}]
+             "target": 1.0, "ok": seconds < 90, "runs_s": times}]
 
 
 def bench_template(repeats: int) -> list[dict]:
