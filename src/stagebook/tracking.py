@@ -127,6 +127,7 @@ class Tracker:
                     "folders": [str(p) for p in folders if p.is_dir() and any(p.iterdir())]})
         self._reply()
         self._writer.close()
+        self._reader.close()  # with the agent, the socket closes with its last file
         if self._proc is not None:
             self._proc.wait()
 
