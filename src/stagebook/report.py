@@ -106,7 +106,7 @@ PREAMBLE = r"""\documentclass[11pt,a4paper]{article}
 \usepackage{array}
 \usepackage{xcolor}
 \usepackage{fancyvrb}
-\usepackage[hidelinks]{hyperref}
+\usepackage[hidelinks,bookmarks=false]{hyperref}  % no outline (the headings are starred): one LaTeX pass, not two
 % A heading never ends a page: when less than a few lines' room is left below it, the page ends before it. This
 % measures the room left (needspace's \Needspace, inlined: Debian's texlive-latex-recommended lacks needspace).
 % needspace's default form offers stretchable glue instead, which made TeX end pages early, before a section whose
