@@ -22,6 +22,7 @@ os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 os.environ.setdefault("DVC_NO_ANALYTICS", "1")
 os.environ.setdefault("PYDEVD_DISABLE_FILE_VALIDATION", "1")
 os.environ.setdefault("STAGEBOOK_TRACKING_AGENT_IDLE", "15")  # the tracking agent outlives the suite by 15 s at most
+os.environ.setdefault("STAGEBOOK_WARM_KERNEL_IDLE", "15")  # so does the warm-kernel server
 for key, value in {"GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t", "GIT_COMMITTER_NAME": "t",
                    "GIT_COMMITTER_EMAIL": "t@t"}.items():
     os.environ.setdefault(key, value)

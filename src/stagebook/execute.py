@@ -105,6 +105,9 @@ def _run_locked(root: Path, stage: Stage, params: dict, lineage, staging: Path, 
            VARIANT_VAR: "1" if variant_dir else "",
            **({} if variant_dir else {OWNER_PID_VAR: str(os.getpid())}),  # variants inherit the stage run's
            "PYDEVD_DISABLE_FILE_VALIDATION": "1"}  # silences a debugger warning every kernel prints
+    from . import warmkernel
+    if not variant_dir:  # a sweep's variants use the stage run's server; a Ray worker's start cold
+        warmkernel.start_in_background({**os.environ, **env}, str(root))  # kernels fork from it once it is up
     watch = StageProgress(stage.name, layout) if not variant_dir and not log_output else nullcontext()
     try:
         with _environment(env), watch:  # at a terminal: the phase and how far along it is, on one line

@@ -10,6 +10,14 @@ from pathlib import Path
 
 
 def main() -> None:
+    from stagebook import warmkernel
+
+    code = warmkernel.launch(sys.argv[1:])
+    if code is not None:
+        import os
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
     if sys.path and (sys.path[0] == "" or Path(sys.path[0]) == Path.cwd()):
         del sys.path[0]  # as ipykernel_launcher: IPython puts the working folder back where it belongs
     from ipykernel import kernelapp
