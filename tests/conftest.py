@@ -166,3 +166,15 @@ def dvc_stages(project: Path) -> Path:
     git(project, "add", "-A")
     git(project, "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "three stages")
     return project
+
+
+def wait_for_warm_kernels(root: Path, timeout: float = 90.0) -> None:
+    "Wait until the warm-kernel server for kernels run in `root` has imported all it preloads (it answers meanwhile)."
+    import time
+
+    from stagebook import warmkernel
+    ready = Path(f"{warmkernel.socket_path(dict(os.environ), str(root))}.ready")
+    deadline = time.monotonic() + timeout
+    while not ready.exists() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert ready.exists(), "the warm-kernel server never got ready"

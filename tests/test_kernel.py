@@ -5,22 +5,34 @@ import subprocess
 import sys
 from pathlib import Path
 
-from conftest import add_stage
+import pytest
+from conftest import add_stage, wait_for_warm_kernels
 
 from stagebook.execute import run_stage
 
-CELLS = ("import atexit, sys\n"
+CELLS = ("import atexit, os, sys\n"
          "from stagebook import stage\n"
          "ctx = stage.init(0)\n"
-         "with open('argv.txt', 'w') as f:\n    f.write(' '.join(sys.argv))",
+         "with open('argv.txt', 'w') as f:\n    f.write(' '.join(sys.argv))\n"
+         "with open('parent.txt', 'w') as f:\n    f.write(open(f'/proc/{os.getppid()}/cmdline').read())",
          "left_open = open('left_open.txt', 'w')\nleft_open.write('kept' * n)  # never closed, as notebooks do",
          "atexit.register(lambda: open('at_exit.txt', 'w').write('ran'))\n"
          "stage.log_metrics({'n': n})")
 
 
-def test_a_stage_kernel_is_ours_and_keeps_open_files_and_exit_handlers(project: Path):
+@pytest.mark.parametrize("start", ["cold", "warm"])
+def test_a_stage_kernel_is_ours_and_keeps_open_files_and_exit_handlers(project: Path, start: str, monkeypatch):
     root = add_stage(project, "01_ending", "n: 3\n", "n = 3", *CELLS)
+    if start == "cold":
+        monkeypatch.setenv("STAGEBOOK_WARM_KERNELS", "0")
+    else:  # forked by the warm-kernel server (`stagebook.warmkernel`), which the first run starts
+        monkeypatch.delenv("STAGEBOOK_WARM_KERNELS", raising=False)
+        run_stage("01", root=root, track=False)
+        wait_for_warm_kernels(root)
+        for name in ("left_open.txt", "at_exit.txt"):
+            (root / name).unlink()
     run_stage("01", root=root, track=False)
+    assert ("stagebook.warmkernel" in (root / "parent.txt").read_text()) == (start == "warm")
     assert "stagebook/kernel.py" in (root / "argv.txt").read_text()
     assert (root / "left_open.txt").read_text() == "keptkeptkept"
     assert (root / "at_exit.txt").read_text() == "ran"

@@ -7,7 +7,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import add_stage
+from conftest import add_stage, wait_for_warm_kernels
 
 from stagebook import warmkernel
 from stagebook.errors import StagebookError
@@ -27,15 +27,6 @@ PROBE = ("import json, os, random, sys\n"
          "import matplotlib.pyplot as plt\nfig, ax = plt.subplots(); ax.plot([1, 2]); fig")
 
 
-def _server_up(root: Path, timeout: float = 90.0) -> None:
-    "Wait until the server for kernels run in `root` has imported everything it preloads (it answers meanwhile)."
-    ready = Path(f"{warmkernel.socket_path(dict(os.environ), str(root))}.ready")
-    deadline = time.monotonic() + timeout
-    while not ready.exists() and time.monotonic() < deadline:
-        time.sleep(0.2)
-    assert ready.exists(), "the warm-kernel server never got ready"
-
-
 def _probe(root: Path, tag: str, monkeypatch) -> dict:
     monkeypatch.setenv("STAGEBOOK_PROBE_VAR", f"value-{tag}")  # a STAGEBOOK_ variable: not part of the key
     run_stage("01", overrides=[f"tag={tag}"], root=root, track=False)
@@ -51,7 +42,7 @@ def test_kernels_fork_from_the_server_yet_are_fresh_and_separate(project: Path, 
     monkeypatch.delenv(warmkernel.ENABLE_VAR, raising=False)
     root = add_stage(project, "01_probe", "tag: a\n", "tag = 'a'", *PROBE)
     first = _probe(root, "a", monkeypatch)  # starts the server, unless another test has (its kernel starts cold)
-    _server_up(root)
+    wait_for_warm_kernels(root)
     second, third = _probe(root, "b", monkeypatch), _probe(root, "c", monkeypatch)
     for found, tag in ((second, "b"), (third, "c")):
         assert "stagebook.warmkernel" in found["parent"]  # forked by the server
@@ -79,7 +70,7 @@ def test_a_kernel_that_times_out_is_gone_with_its_launcher(project: Path, monkey
                      "open(f'parent-{nap}.txt', 'w').write(open(f'/proc/{os.getppid()}/cmdline').read())\n"
                      "time.sleep(nap)")
     run_stage("01", root=root, track=False)  # starts the server
-    _server_up(root)
+    wait_for_warm_kernels(root)
     with pytest.raises(StagebookError):
         run_stage("01", overrides=["nap=600"], root=root, track=False, timeout=3)
     pid = int((root / "kernel-600.pid").read_text())
@@ -121,7 +112,7 @@ def test_the_server_stays_while_a_kernel_it_forked_runs(project: Path, monkeypat
                      "open(f'parent-{nap}.txt', 'w').write(open(f'/proc/{os.getppid()}/cmdline').read())\n"
                      "time.sleep(nap)\nstage.log_metrics({'slept': nap})")
     run_stage("01", root=root, track=False)
-    _server_up(root)
+    wait_for_warm_kernels(root)
     result = run_stage("01", overrides=["nap=6"], root=root, track=False)  # IPython's poller would end it if not
     assert "stagebook.warmkernel" in (root / "parent-6.txt").read_text()
     assert result.metrics["slept"] == 6

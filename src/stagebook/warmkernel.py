@@ -277,12 +277,13 @@ def _become_kernel(conn: socket.socket, listener: socket.socket, guard, fds: lis
         except SystemExit as done:
             code = done.code if isinstance(done.code, int) else (0 if done.code is None else 1)
     finally:
-        try:
-            conn.sendall(json.dumps({"exit": code}).encode() + b"\n")
-        except OSError:
-            pass
+        def tell_launcher() -> None:  # only once exit handlers ran and files were flushed: the launcher then ends,
+            try:                      # and this kernel with it
+                conn.sendall(json.dumps({"exit": code}).encode() + b"\n")
+            except OSError:
+                pass
         from .startup import quick_exit
-        quick_exit(code)
+        quick_exit(code, last=tell_launcher)
 
 
 def _reseed() -> None:
