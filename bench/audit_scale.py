@@ -98,7 +98,8 @@ def _measure(count: int, cache: str | None) -> None:
            "import_mib": base / 1024, "worker_peak_mib": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024,
            "pairs": summary["near_duplicate_pairs"], "clusters": summary["duplicate_clusters"],
            "recall": summary.get("self_test_recall"), "fingerprint": _fingerprint(result), "reuse": result.reuse,
-           "steps": {k: round(v, 1) for k, v in (result.seconds or {}).items()}}
+           "steps": {k: round(v, 1) for k, v in (result.seconds or {}).items()},
+           "peak_by_step": {k: round(v - base / 1024) for k, v in (result.peak_mib or {}).items()}}
     print("RESULT " + json.dumps(out), flush=True)
 
 
@@ -163,7 +164,8 @@ def bench_audit_scale(sizes=(20_000, 80_000, 320_000)) -> list[dict]:
         print(f"{r['count']:>8} {r['seconds']:>9.1f} {r['count'] / r['seconds']:>8.0f} {r['plain']:>15.1f}"
               f" {r['peak_mib']:>9.0f} {r['peak_mib'] - r['import_mib']:>16.0f} {r['worker_peak_mib']:>12.0f} {r['pairs']:>11}")
     for r in rows + [incremental]:
-        print(f"  steps at {r['count']}{' (incremental)' if r is incremental else ''}: {r['steps']}")
+        print(f"  steps at {r['count']}{' (incremental)' if r is incremental else ''}: {r['steps']}"
+              f"; peak MiB after imports at the end of each: {r['peak_by_step']}")
     same = incremental["fingerprint"] == full["fingerprint"]
     ratio = incremental["seconds"] / full["seconds"]
     print(f"growth exponent (log time vs log images): {exponent:.2f}  target <= 1.1  {'ok' if exponent <= 1.1 else 'OVER TARGET'}")

@@ -178,6 +178,7 @@ class AuditResult:
     self_test: calibration.SelfTest | None = None
     reuse: dict | None = None       # with a cache: files decoded / taken from it, pairs verified / remembered
     seconds: dict | None = None     # where the time went: decode, index, self_test, pairs, clusters
+    peak_mib: dict | None = None    # this process's peak memory at the end of each of those steps
 
     def reuse_sentence(self) -> str:
         r = self.reuse
@@ -300,20 +301,22 @@ def audit(manifest: pd.DataFrame, root: Path, near_threshold="auto", neighbours:
                                         "pairs_verified": memo.verified if memo else 0,
                                         "pairs_remembered": memo.remembered if memo else 0}
     clock.lap("clusters")
-    return AuditResult(items, near, tested, reuse, clock.laps)
+    return AuditResult(items, near, tested, reuse, clock.laps, clock.peaks)
 
 
 class _Clock:
-    "Seconds per named step, in order."
+    "Seconds per named step, in order, and this process's peak memory (MiB) at the end of each (`peaks`)."
 
     def __init__(self):
         import time
-        self._now, self.laps = time.perf_counter, {}
+        self._now, self.laps, self.peaks = time.perf_counter, {}, {}
         self._last = self._now()
 
     def lap(self, name: str) -> None:
+        import resource
         now = self._now()
         self.laps[name] = self.laps.get(name, 0.0) + now - self._last
+        self.peaks[name] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
         self._last = now
 
 

@@ -4,8 +4,9 @@ Two tables in one folder (stage 01 keeps it in `data/audit_cache/`, a persistent
 - per file, keyed by its sha256: status, conversion, size, pixel hash, colour and the 32-px thumbnail, i.e.
   everything decoding found. A changed file has a new sha256 and is decoded again; a file that is gone is simply
   not asked for, and drops out of the cache at the next compaction.
-- per verified candidate pair, keyed by both pixel hashes, the offset the search saw and the verification's gate:
-  the distance. Verification is a pure function of those, so a remembered distance is the one a full audit computes.
+- per verified candidate pair, keyed by both pixel hashes and the verification's gate: the distance. Verification is
+  a pure function of those (it starts from the pair's own best offset, `nearcopy.best_offsets`, not from whichever
+  probe found the pair), so a remembered distance is the one a full audit computes, in any collection.
 
 The candidate search itself runs over the whole collection every time (about 12 s per 100k images on 2 cores): it
 depends on the collection as a whole, and running it is what makes an incremental audit identical to a full one.
@@ -21,7 +22,7 @@ from .errors import StagebookError
 from .iorw import atomic_write_bytes
 
 FILES = "files-{:04d}.npz"
-PAIRS = "pairs.npz"
+PAIRS = "pairs-v2.npz"    # v2: verification starts from the pair's own best offset, not the probe's (no hint in the key)
 MAX_SHARDS = 8            # more shards than this, or a quarter of the entries stale: rewrite as one
 FIELDS = ("status", "converted", "width", "height", "pixel_sha256", "colour")
 
@@ -110,8 +111,8 @@ def _hash64(hexes: np.ndarray) -> np.ndarray:
 
 
 class PairMemo:
-    """Verified distances of candidate pairs by (pixel hash a, pixel hash b, offset seen, gate). `pixel_keys` are
-    the pixel hashes of the rows the near-copy search numbers."""
+    """Verified distances of candidate pairs by (pixel hash a, pixel hash b, gate). `pixel_keys` are the pixel
+    hashes of the rows the near-copy search numbers."""
 
     def __init__(self, folder: Path, pixel_keys: np.ndarray):
         self.path = Path(folder) / PAIRS
@@ -126,17 +127,15 @@ class PairMemo:
         self.used_keys, self.used_dist = [], []
         self.remembered = self.verified = 0
 
-    def _keys(self, i, j, hint, gate: float) -> np.ndarray:
+    def _keys(self, i, j, gate: float) -> np.ndarray:
         with np.errstate(over="ignore"):
             key = self.ids[i] * np.uint64(0x9E3779B97F4A7C15) ^ self.ids[j]
-            key ^= (hint[:, 0].astype(np.int64) + 64).astype(np.uint64) << np.uint64(8)
-            key ^= (hint[:, 1].astype(np.int64) + 64).astype(np.uint64) << np.uint64(16)
             key ^= np.uint64(np.float32(gate).view(np.uint32)) << np.uint64(24)
             return key * np.uint64(0xBF58476D1CE4E5B9)
 
-    def lookup(self, i, j, hint, gate: float) -> np.ndarray:
+    def lookup(self, i, j, gate: float) -> np.ndarray:
         "Remembered distances (NaN where not known)."
-        keys = self._keys(i, j, hint, gate)
+        keys = self._keys(i, j, gate)
         out = np.full(len(keys), np.nan, np.float32)
         if len(self.known_keys):
             at = np.clip(np.searchsorted(self.known_keys, keys), 0, len(self.known_keys) - 1)
@@ -146,8 +145,8 @@ class PairMemo:
         self.verified += int(np.isnan(out).sum())
         return out
 
-    def record(self, i, j, hint, gate: float, distance: np.ndarray) -> None:
-        self.used_keys.append(self._keys(i, j, hint, gate))
+    def record(self, i, j, gate: float, distance: np.ndarray) -> None:
+        self.used_keys.append(self._keys(i, j, gate))
         self.used_dist.append(distance.astype(np.float32))
 
     def write(self) -> None:

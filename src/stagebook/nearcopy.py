@@ -7,7 +7,8 @@ Every image is described by a grey 32-px thumbnail (uint8) and its size. Three s
   steps, so a copy moved by up to an eighth of its side is a neighbour. Within one collection each pair is probed
   from both ends, so half the moves suffice (`SELF_SHIFTS`);
 - verification: each candidate pair is aligned and compared. Alignment searches whole pixels at 32 px around the
-  offset the probe that found the pair saw, then half pixels; for a pair whose sizes say one is a crop of the other
+  pair's own best offset at 8 px (`best_offsets`: a function of the two images, not of the probe that found them),
+  then half pixels; for a pair whose sizes say one is a crop of the other
   (both sides 80-100%), the smaller is placed on the larger's pixel scale (searched at 16 px first). Both thumbnails
   are lightly smoothed, and the overlap's outer 2 px (where a moved copy's filled edge blends in) are left out. The
   distance is 1 - Pearson correlation over the overlap, so brightness and contrast do not count;
@@ -26,6 +27,7 @@ HNSW_LINKS = 16            # graph degree of the HNSW graph over the IVF lists' 
 PROBE_SHIFTS = [(dx, dy) for dy in (-4, -2, 0, 2, 4) for dx in (-4, -2, 0, 2, 4)]  # at 32 px: up to 12.5% of the side
 # A pair (a, b) that a's probe moved by (dx, dy) finds, b's probe moved by (-dx, -dy) finds too: a collection searched
 # against itself needs only one of each opposite pair of moves (measured: the same verified pairs, half the time).
+SHIFTS_BY_SIZE = sorted(PROBE_SHIFTS, key=lambda s: (abs(s[0]) + abs(s[1]), s))
 SELF_SHIFTS = [(dx, dy) for dx, dy in PROBE_SHIFTS if (dy, dx) >= (0, 0)]
 PROBE_NEAREST = 4          # neighbours kept per moved probe
 EXACT_BELOW = 5000         # collections smaller than this are searched exactly (all pairs)
@@ -239,7 +241,7 @@ def _whole_pixel_search(a, b, centre: np.ndarray, reach: int, margin: int = MARG
 
 
 def _align_pairs(a32: np.ndarray, b32: np.ndarray, scale: np.ndarray, gate: float, hint: np.ndarray | None) -> np.ndarray:
-    """Distance of each pair: a whole-pixel search at 32 px (around `hint`, the offset the candidate search saw, or
+    """Distance of each pair: a whole-pixel search at 32 px (around `hint`, the pair's best offset at 8 px, or
     widely without one), then, for pairs within `gate`, a half-pixel one around the best."""
     import torch
 
@@ -285,7 +287,7 @@ def pair_distances(thumbs_a: np.ndarray, sizes_a: np.ndarray, thumbs_b: np.ndarr
     """Verified distance of each pair (row k of a with row k of b): the better of 'the same frame' (resized, moved,
     re-lit, noisy, blurred, re-encoded) and, where the sizes allow, 'the smaller is a crop of the larger'. Pairs
     further apart than `gate` after the whole-pixel search keep that rough distance (they are no copies anyway).
-    `hint`: per pair, the 32-px offset by which a looks like b moved, as the candidate search saw it."""
+    `hint`: per pair, the 32-px offset by which a looks like b moved (`best_offsets`)."""
     import torch
 
     out = np.empty(len(thumbs_a), dtype=np.float32)
@@ -313,6 +315,30 @@ def pair_distances(thumbs_a: np.ndarray, sizes_a: np.ndarray, thumbs_b: np.ndarr
     return out
 
 
+def best_offsets(thumbs_a: np.ndarray, thumbs_b: np.ndarray, rows_a: np.ndarray, rows_b: np.ndarray,
+                 chunk: int = 65536) -> np.ndarray:
+    """Per pair (thumbs_a[rows_a[k]], thumbs_b[rows_b[k]]), the move (dx, dy) among PROBE_SHIFTS (32-px pixels) by
+    which b, moved, looks most like a at 8 px: where alignment starts. A function of the two images alone (not of
+    which probe found the pair), so a pair's verified distance is the same in every audit of every collection, and
+    an audit can reuse the one it remembers. Each b's moved keys are made once per chunk of pairs."""
+    out = np.zeros((len(rows_a), 2))
+    if not len(rows_a):
+        return out
+    order = np.argsort(rows_b, kind="stable")
+    for start in range(0, len(order), chunk):
+        part = order[start:start + chunk]
+        unique_b, local = np.unique(rows_b[part], return_inverse=True)
+        key_a = next(keys(thumbs_a[rows_a[part]], [(0, 0)]))[2]
+        best = np.full(len(part), -np.inf, np.float32)
+        where = np.zeros((len(part), 2))
+        for dx, dy, moved in keys(thumbs_b[unique_b], SHIFTS_BY_SIZE):
+            corr = np.einsum("ij,ij->i", key_a, moved[local])
+            better = corr > best + 1e-6  # a tie keeps the smaller move
+            best[better], where[better] = corr[better], (dx, dy)
+        out[part] = where
+    return out
+
+
 def _no_pairs() -> pd.DataFrame:
     return pd.DataFrame({"i": np.empty(0, np.int64), "j": np.empty(0, np.int64), "distance": np.empty(0, np.float32)})
 
@@ -329,21 +355,20 @@ def near_pairs(thumbs: np.ndarray, sizes: np.ndarray, threshold: float, neighbou
     if not len(found):
         return _no_pairs()
     query, item = found[:, 0].astype(np.int64), found[:, 1].astype(np.int64)
-    i, j = np.minimum(query, item), np.maximum(query, item)
-    hint = found[:, 2:4] * np.where(item == i, 1, -1)[:, None]  # the item looks like the query moved by (dx, dy)
-    order = np.lexsort((found[:, 4], j, i))
-    keep = order[np.r_[True, (np.diff(i[order]) != 0) | (np.diff(j[order]) != 0)]]
-    i, j, hint = i[keep], j[keep], hint[keep]
+    pairs = np.unique(np.stack([np.minimum(query, item), np.maximum(query, item)], axis=1), axis=0)
+    i, j = pairs[:, 0], pairs[:, 1]
     gate = coarse_gate(threshold)
-    dist = memo.lookup(i, j, hint, gate) if memo is not None else np.full(len(i), np.nan, np.float32)
+    dist = memo.lookup(i, j, gate) if memo is not None else np.full(len(i), np.nan, np.float32)
     todo = np.flatnonzero(np.isnan(dist))
+    hint = np.zeros((len(i), 2))
+    hint[todo] = best_offsets(thumbs, thumbs, i[todo], j[todo])  # where alignment starts: from the pair alone
     todo = todo[np.lexsort((hint[todo, 1], hint[todo, 0]))]  # same offsets together (see pair_distances)
     for start in range(0, len(todo), PAIR_CHUNK):  # the pairs' thumbnails gathered a chunk at a time, not all at once
         part = todo[start:start + PAIR_CHUNK]
         dist[part] = pair_distances(thumbs[i[part]], sizes[i[part]], thumbs[j[part]], sizes[j[part]], gate=gate,
                                     hint=hint[part])
     if memo is not None:
-        memo.record(i, j, hint, gate, dist)
+        memo.record(i, j, gate, dist)
     ok = dist <= threshold
     return pd.DataFrame({"i": i[ok], "j": j[ok], "distance": dist[ok]})
 
