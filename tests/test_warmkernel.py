@@ -94,6 +94,9 @@ def test_the_key_follows_what_changes_an_import_but_not_what_changes_each_run(tm
     key = warmkernel.socket_path(base, str(tmp_path))
     assert warmkernel.socket_path({**base, "STAGEBOOK_STAGE": "01", "JPY_PARENT_PID": "7", "PWD": "/x"},
                                   str(tmp_path)) == key
+    ray_worker = {"RAY_JOB_ID": "01000000", "RAY_RAYLET_PID": "7", "SPT_NOENV": "1",
+                  "PYTHONBREAKPOINT": "ray.util.rpdb.set_trace"}  # what a Ray worker adds (seen with ray 2.x)
+    assert warmkernel.socket_path({**base, **ray_worker}, str(tmp_path)) == key
     assert warmkernel.socket_path({**base, "OMP_NUM_THREADS": "2"}, str(tmp_path)) != key
     assert warmkernel.socket_path({**base, "PYTHONPATH": "src"}, str(tmp_path)) != key
     other = tmp_path / "other"
@@ -116,3 +119,18 @@ def test_the_server_stays_while_a_kernel_it_forked_runs(project: Path, monkeypat
     result = run_stage("01", overrides=["nap=6"], root=root, track=False)  # IPython's poller would end it if not
     assert "stagebook.warmkernel" in (root / "parent-6.txt").read_text()
     assert result.metrics["slept"] == 6
+
+
+def test_a_sweeps_variants_fork_from_the_server_it_starts(project: Path, monkeypatch):
+    from stagebook.sweep import run_sweep
+
+    monkeypatch.delenv(warmkernel.ENABLE_VAR, raising=False)
+    monkeypatch.setenv("WARMKERNEL_TEST_SERVER", "sweep")  # no server of another test's: this sweep starts its own
+    root = add_stage(project, "01_slow", "nap: 0\n", "nap = 0",
+                     "import os, time\nfrom stagebook import stage\nctx = stage.init(0)\n"
+                     "time.sleep(nap)\n"
+                     "stage.log_metrics({'warm': float('stagebook.warmkernel' in "
+                     "open(f'/proc/{os.getppid()}/cmdline').read())})")
+    summary = run_sweep("01", {"nap": [0, 1]}, jobs=1, root=root, out_dir=root / "sweep", track=False,
+                        backend="local")
+    assert summary["warm"].max() == 1.0  # the second, at least: the server answers between two of its imports

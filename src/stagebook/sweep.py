@@ -130,6 +130,9 @@ def run_sweep(stage_ref: str, grid: dict[str, list], fixed: list[str] = (), jobs
                    "PYTORCH_CUDA_ALLOC_CONF": os.environ.get("PYTORCH_CUDA_ALLOC_CONF", "expandable_segments:True")}
             tasks.append({"cmd": cmd, "cwd": str(root), "env": env, "folder": str(out_dir / name),
                           "attempts_file": str(out_dir / f"{name}.attempts")})
+        from . import warmkernel
+        if tasks:  # the variants' kernels fork from it once it is up, on the pool or on local Ray workers alike
+            warmkernel.start_in_background({**os.environ, **tasks[0]["env"]}, str(root))
         show = sys.stderr.isatty() if progress is None else progress
         if show:
             print(f"stagebook: sweep of {len(combos)} variants on {engine.describe()}", file=sys.stderr, flush=True)

@@ -47,8 +47,10 @@ PRELOAD = ("ipykernel.kernelapp", "ipykernel.ipkernel", "numpy", "pandas",
            "PIL.Image", "matplotlib.pyplot", "sklearn.base", "sklearn.dummy", "sklearn.linear_model",
            "sklearn.ensemble", "sklearn.neighbors", "sklearn.metrics", "torch", "fastai.vision.all")
 # Variables that differ between runs and that no preloaded library reads at import: left out of the key.
-VOLATILE = ("PWD", "OLDPWD", "SHLVL", "_", "MAKEFLAGS", "MFLAGS", "MAKELEVEL", "COLUMNS", "LINES")
-VOLATILE_PREFIXES = ("STAGEBOOK_", "JPY_", "DVC_")
+# (A Ray worker adds RAY_*, SPT_NOENV and its own PYTHONBREAKPOINT: its variants share the sweep's server.)
+VOLATILE = ("PWD", "OLDPWD", "SHLVL", "_", "MAKEFLAGS", "MFLAGS", "MAKELEVEL", "COLUMNS", "LINES", "SPT_NOENV",
+            "PYTHONBREAKPOINT")
+VOLATILE_PREFIXES = ("STAGEBOOK_", "JPY_", "DVC_", "RAY_")
 SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT, signal.SIGUSR1, signal.SIGUSR2)
 
 
