@@ -102,7 +102,9 @@ class CandidateIndex:
     def __init__(self, thumbs: np.ndarray):
         import faiss
 
-        points = next(keys(thumbs, [(0, 0)]))[2]
+        # Keys a chunk at a time: all thumbnails at once in float32 would take 4 KB per image, the index 144 bytes
+        points = np.concatenate([next(keys(thumbs[at:at + QUERY_CHUNK], [(0, 0)]))[2]
+                                 for at in range(0, len(thumbs), QUERY_CHUNK)])
         faiss.omp_set_num_threads(1)  # a structure built by one thread is the same every run: reproducible clusters
         if len(points) < EXACT_BELOW:
             self.index = faiss.IndexFlatL2(points.shape[1])
@@ -316,7 +318,7 @@ def pair_distances(thumbs_a: np.ndarray, sizes_a: np.ndarray, thumbs_b: np.ndarr
 
 
 def best_offsets(thumbs_a: np.ndarray, thumbs_b: np.ndarray, rows_a: np.ndarray, rows_b: np.ndarray,
-                 chunk: int = 65536) -> np.ndarray:
+                 chunk: int = 16384) -> np.ndarray:
     """Per pair (thumbs_a[rows_a[k]], thumbs_b[rows_b[k]]), the move (dx, dy) among PROBE_SHIFTS (32-px pixels) by
     which b, moved, looks most like a at 8 px: where alignment starts. A function of the two images alone (not of
     which probe found the pair), so a pair's verified distance is the same in every audit of every collection, and
