@@ -17,6 +17,8 @@ kernels in a row, and a sweep one per variant. A stage run now starts a *kernel 
   starts; when a server answers, that launcher hands its request over, forwards signals to the forked kernel, ends
   with its exit code, and kills it if the runner disappears. The kernel ends when its launcher does (it watches the
   socket), so a killed stage leaves no kernel behind.
+- **GPUs**: none of the preloaded libraries initialises CUDA at import (torch and fastai do it lazily), so a forked
+  kernel can use the GPU; a server that finds CUDA initialised after an import stops serving.
 - **Nothing waits for it**: a runner starts the server in the background; until it answers, kernels start cold as
   before. It leaves once no kernel of its own runs and none was asked for in IDLE_SECONDS (a kernel's parent
   poller ends it when its parent goes). `STAGEBOOK_WARM_KERNELS=0` turns it off.
@@ -177,6 +179,8 @@ def serve(path: Path) -> None:
                     __import__(name)
             except Exception:  # noqa: BLE001 - a library that is not installed is simply not preloaded
                 pass
+            if _cuda_started():
+                return  # a forked child cannot use CUDA once its parent has: no warm kernels on this key
             while _serve_one(listener, guard, 0.0, kernels):
                 last = time.monotonic()
         ready = Path(f"{path}.ready")
@@ -190,6 +194,15 @@ def serve(path: Path) -> None:
         path.unlink(missing_ok=True)  # before the socket closes: a launcher never connects to a server that left
         Path(f"{path}.ready").unlink(missing_ok=True)
         listener.close()
+
+
+def _cuda_started() -> bool:
+    "Whether CUDA was initialised here (no preloaded library does that at import; this guards against one that would)."
+    torch = sys.modules.get("torch")
+    try:
+        return bool(torch is not None and torch.cuda.is_initialized())
+    except Exception:  # noqa: BLE001
+        return False
 
 
 def _reap(kernels: set) -> None:
