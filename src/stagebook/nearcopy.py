@@ -118,6 +118,7 @@ class CandidateIndex:
             self.index.nprobe = NPROBE
             self.quantizer.hnsw.efSearch = max(16, 2 * NPROBE)
         self.index.add(points)
+        self.points = points  # each image's unmoved key (144 bytes): `best_offsets` starts from these
         faiss.omp_set_num_threads(os.cpu_count() or 1)  # searching a fixed index is deterministic in any thread count
 
     def search(self, thumbs: np.ndarray, k: int, within: float = CANDIDATE_GATE,
@@ -318,22 +319,25 @@ def pair_distances(thumbs_a: np.ndarray, sizes_a: np.ndarray, thumbs_b: np.ndarr
 
 
 def best_offsets(thumbs_a: np.ndarray, thumbs_b: np.ndarray, rows_a: np.ndarray, rows_b: np.ndarray,
-                 chunk: int = 16384) -> np.ndarray:
+                 keys_a: np.ndarray | None = None, block: int = 4096) -> np.ndarray:
     """Per pair (thumbs_a[rows_a[k]], thumbs_b[rows_b[k]]), the move (dx, dy) among PROBE_SHIFTS (32-px pixels) by
     which b, moved, looks most like a at 8 px: where alignment starts. A function of the two images alone (not of
     which probe found the pair), so a pair's verified distance is the same in every audit of every collection, and
-    an audit can reuse the one it remembers. Each b's moved keys are made once per chunk of pairs."""
+    an audit can reuse the one it remembers. `keys_a`: thumbs_a's unmoved keys if already made (the index's points).
+    Each b's moved keys are made once, `block` images at a time."""
     out = np.zeros((len(rows_a), 2))
     if not len(rows_a):
         return out
     order = np.argsort(rows_b, kind="stable")
-    for start in range(0, len(order), chunk):
-        part = order[start:start + chunk]
-        unique_b, local = np.unique(rows_b[part], return_inverse=True)
-        key_a = next(keys(thumbs_a[rows_a[part]], [(0, 0)]))[2]
+    unique_b, starts = np.unique(rows_b[order], return_index=True)
+    starts = np.r_[starts, len(order)]
+    for at in range(0, len(unique_b), block):
+        part = order[starts[at]:starts[min(at + block, len(unique_b))]]
+        local = np.searchsorted(unique_b[at:at + block], rows_b[part])
+        key_a = keys_a[rows_a[part]] if keys_a is not None else next(keys(thumbs_a[rows_a[part]], [(0, 0)]))[2]
         best = np.full(len(part), -np.inf, np.float32)
         where = np.zeros((len(part), 2))
-        for dx, dy, moved in keys(thumbs_b[unique_b], SHIFTS_BY_SIZE):
+        for dx, dy, moved in keys(thumbs_b[unique_b[at:at + block]], SHIFTS_BY_SIZE):
             corr = np.einsum("ij,ij->i", key_a, moved[local])
             better = corr > best + 1e-6  # a tie keeps the smaller move
             best[better], where[better] = corr[better], (dx, dy)
@@ -363,7 +367,7 @@ def near_pairs(thumbs: np.ndarray, sizes: np.ndarray, threshold: float, neighbou
     dist = memo.lookup(i, j, gate) if memo is not None else np.full(len(i), np.nan, np.float32)
     todo = np.flatnonzero(np.isnan(dist))
     hint = np.zeros((len(i), 2))
-    hint[todo] = best_offsets(thumbs, thumbs, i[todo], j[todo])  # where alignment starts: from the pair alone
+    hint[todo] = best_offsets(thumbs, thumbs, i[todo], j[todo], index.points)  # where alignment starts: the pair's
     todo = todo[np.lexsort((hint[todo, 1], hint[todo, 0]))]  # same offsets together (see pair_distances)
     for start in range(0, len(todo), PAIR_CHUNK):  # the pairs' thumbnails gathered a chunk at a time, not all at once
         part = todo[start:start + PAIR_CHUNK]
