@@ -47,10 +47,11 @@ def test_a_pairs_best_offset_depends_on_the_pair_alone_and_aligns_it():
     moved = planting.shift(digits[7], np.random.default_rng(1))
     thumbs, sizes = _features(digits)
     qt, qs = _features([moved])
-    offset = nearcopy.best_offsets(thumbs, qt, np.array([7]), np.array([0]))
+    offset = nearcopy.best_offsets(nearcopy.CandidateIndex(thumbs).points, qt, np.array([7]), np.array([0]))
     assert np.abs(offset).sum() > 0  # the copy is moved: alignment does not start at (0, 0)
     smaller = np.concatenate([thumbs[:3], thumbs[[7]]])  # another collection holding the same image
-    assert (nearcopy.best_offsets(smaller, np.concatenate([qt, qt]), np.array([3, 3]), np.array([1, 0])) == offset).all()
+    assert (nearcopy.best_offsets(nearcopy.CandidateIndex(smaller).points, np.concatenate([qt, qt]), np.array([3, 3]),
+                                  np.array([1, 0])) == offset).all()
     assert nearcopy.pair_distances(thumbs[[7]], sizes[[7]], qt, qs, hint=offset)[0] < 0.005
 
 

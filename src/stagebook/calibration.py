@@ -80,7 +80,7 @@ def self_test(images: list[Image.Image], sources: np.ndarray, index: nearcopy.Ca
     query, item = found[:, 0].astype(np.int64), found[:, 1].astype(np.int64)
     dist = nearcopy.pair_distances(thumbs[item], sizes[item], copy_thumbs[query], copy_sizes[query],
                                    gate=nearcopy.coarse_gate(THRESHOLD_RANGE[1]),
-                                   hint=nearcopy.best_offsets(thumbs, copy_thumbs, item, query, index.points))  # as the audit does
+                                   hint=nearcopy.best_offsets(index.points, copy_thumbs, item, query))  # as the audit does
     own = item == origin[query]
     to_source = np.full(len(copies), np.inf)
     np.minimum.at(to_source, query[own], dist[own])

@@ -9,6 +9,12 @@ import sys
 from pathlib import Path
 
 
+def drop_working_folder() -> None:
+    "As ipykernel_launcher: `python -m` put the working folder first on sys.path; IPython puts it where it belongs."
+    if sys.path and (sys.path[0] == "" or Path(sys.path[0]) == Path.cwd()):
+        del sys.path[0]
+
+
 def main() -> None:
     from stagebook import warmkernel
 
@@ -18,8 +24,7 @@ def main() -> None:
         sys.stdout.flush()
         sys.stderr.flush()
         os._exit(code)
-    if sys.path and (sys.path[0] == "" or Path(sys.path[0]) == Path.cwd()):
-        del sys.path[0]  # as ipykernel_launcher: IPython puts the working folder back where it belongs
+    drop_working_folder()
     from ipykernel import kernelapp
 
     kernelapp.launch_new_instance()

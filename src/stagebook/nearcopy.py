@@ -318,12 +318,12 @@ def pair_distances(thumbs_a: np.ndarray, sizes_a: np.ndarray, thumbs_b: np.ndarr
     return out
 
 
-def best_offsets(thumbs_a: np.ndarray, thumbs_b: np.ndarray, rows_a: np.ndarray, rows_b: np.ndarray,
-                 keys_a: np.ndarray | None = None, block: int = 4096) -> np.ndarray:
-    """Per pair (thumbs_a[rows_a[k]], thumbs_b[rows_b[k]]), the move (dx, dy) among PROBE_SHIFTS (32-px pixels) by
-    which b, moved, looks most like a at 8 px: where alignment starts. A function of the two images alone (not of
-    which probe found the pair), so a pair's verified distance is the same in every audit of every collection, and
-    an audit can reuse the one it remembers. `keys_a`: thumbs_a's unmoved keys if already made (the index's points).
+def best_offsets(keys_a: np.ndarray, thumbs_b: np.ndarray, rows_a: np.ndarray, rows_b: np.ndarray,
+                 block: int = 4096) -> np.ndarray:
+    """Per pair (image rows_a[k] of the collection whose unmoved keys are `keys_a`, i.e. an index's `points`, and
+    thumbs_b[rows_b[k]]), the move (dx, dy) among PROBE_SHIFTS (32-px pixels) by which b, moved, looks most like a at
+    8 px: where alignment starts. A function of the two images alone (not of which probe found the pair), so a pair's
+    verified distance is the same in every audit of every collection, and an audit can reuse the one it remembers.
     Each b's moved keys are made once, `block` images at a time."""
     out = np.zeros((len(rows_a), 2))
     if not len(rows_a):
@@ -334,7 +334,7 @@ def best_offsets(thumbs_a: np.ndarray, thumbs_b: np.ndarray, rows_a: np.ndarray,
     for at in range(0, len(unique_b), block):
         part = order[starts[at]:starts[min(at + block, len(unique_b))]]
         local = np.searchsorted(unique_b[at:at + block], rows_b[part])
-        key_a = keys_a[rows_a[part]] if keys_a is not None else next(keys(thumbs_a[rows_a[part]], [(0, 0)]))[2]
+        key_a = keys_a[rows_a[part]]
         best = np.full(len(part), -np.inf, np.float32)
         where = np.zeros((len(part), 2))
         for dx, dy, moved in keys(thumbs_b[unique_b[at:at + block]], SHIFTS_BY_SIZE):
@@ -367,7 +367,7 @@ def near_pairs(thumbs: np.ndarray, sizes: np.ndarray, threshold: float, neighbou
     dist = memo.lookup(i, j, gate) if memo is not None else np.full(len(i), np.nan, np.float32)
     todo = np.flatnonzero(np.isnan(dist))
     hint = np.zeros((len(i), 2))
-    hint[todo] = best_offsets(thumbs, thumbs, i[todo], j[todo], index.points)  # where alignment starts: the pair's
+    hint[todo] = best_offsets(index.points, thumbs, i[todo], j[todo])  # where alignment starts: the pair's
     todo = todo[np.lexsort((hint[todo, 1], hint[todo, 0]))]  # same offsets together (see pair_distances)
     for start in range(0, len(todo), PAIR_CHUNK):  # the pairs' thumbnails gathered a chunk at a time, not all at once
         part = todo[start:start + PAIR_CHUNK]

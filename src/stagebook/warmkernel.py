@@ -157,8 +157,8 @@ def serve(path: Path) -> None:
         fcntl.flock(guard, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
         return
-    if sys.path and (sys.path[0] == "" or Path(sys.path[0]) == Path.cwd()):
-        del sys.path[0]  # as a kernel: the working folder is not where modules come from
+    from .kernel import drop_working_folder
+    drop_working_folder()  # as a kernel: the working folder is not where modules come from
     os.environ.setdefault("MPLBACKEND", INLINE_BACKEND)  # as IPython's kernel sets it before anything imports pyplot
     path.unlink(missing_ok=True)
     listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
