@@ -23,9 +23,9 @@ os.environ.setdefault("DVC_NO_ANALYTICS", "1")
 os.environ.setdefault("PYDEVD_DISABLE_FILE_VALIDATION", "1")
 os.environ.setdefault("STAGEBOOK_TRACKING_AGENT_IDLE", "15")  # the tracking agent outlives the suite by 15 s at most
 os.environ.setdefault("STAGEBOOK_WARM_KERNEL_IDLE", "15")  # so does the warm-kernel server
-# Kernels start cold in the suite, except where a test turns warm kernels on (test_warmkernel, test_kernel): tests
-# give their projects environments of their own, each of which would start a server that imports for 7 s of CPU;
-# on 2 cores a fresh clone's suite took 23 min 25 s with them on everywhere (18 min 19 s before they existed).
+# Kernels start cold in the suite, except where a test turns warm kernels on (test_warmkernel, test_kernel, and the
+# end-to-end modules through `warm_kernels`): a server imports for 7 s of CPU, more than it saves a module that starts
+# a few tiny kernels.
 os.environ.setdefault("STAGEBOOK_WARM_KERNELS", "0")
 for key, value in {"GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t", "GIT_COMMITTER_NAME": "t",
                    "GIT_COMMITTER_EMAIL": "t@t"}.items():
@@ -170,6 +170,19 @@ def dvc_stages(project: Path) -> Path:
     git(project, "add", "-A")
     git(project, "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "three stages")
     return project
+
+
+@pytest.fixture(scope="module")
+def warm_kernels():
+    """Warm kernels on for a whole module, as users have them (the default): the end-to-end modules run dozens of
+    stage kernels in projects that share one environment, so one server serves them all (kept 120 s between runs)."""
+    saved = {k: os.environ.get(k) for k in ("STAGEBOOK_WARM_KERNELS", "STAGEBOOK_WARM_KERNEL_IDLE")}
+    os.environ.update({"STAGEBOOK_WARM_KERNELS": "1", "STAGEBOOK_WARM_KERNEL_IDLE": "120"})
+    try:
+        yield
+    finally:
+        for key, value in saved.items():
+            os.environ.pop(key, None) if value is None else os.environ.__setitem__(key, value)
 
 
 def wait_for_warm_kernels(root: Path, timeout: float = 90.0) -> None:

@@ -14,7 +14,7 @@ import yaml
 
 from conftest import REPO, git, mixed_images
 
-pytestmark = pytest.mark.e2e
+pytestmark = [pytest.mark.e2e, pytest.mark.usefixtures("warm_kernels")]
 
 # What a team edits by hand for a first quick pass: fewer baselines, a short recipe, a two-variant search.
 EDITS = {"02_baseline": {"models": ["majority_class", "knn", "logistic_regression"]},

@@ -15,7 +15,7 @@ from mlflow.tracking import MlflowClient
 
 from conftest import REPO, git
 
-pytestmark = pytest.mark.e2e
+pytestmark = [pytest.mark.e2e, pytest.mark.usefixtures("warm_kernels")]
 SMALL = {"embed_digits": {"per_class": 15},
          "02_baseline": {"forest_trees": 50},
          "04_tuning": {"epochs": 10, "overfit_epochs": 10, "train_accuracy_target": 0.8, "early_stopping_patience": 3,

@@ -98,7 +98,7 @@ def test_the_key_follows_what_changes_an_import_but_not_what_changes_each_run(tm
                   "PYTHONBREAKPOINT": "ray.util.rpdb.set_trace"}  # what a Ray worker adds (seen with ray 2.x)
     assert warmkernel.socket_path({**base, **ray_worker}, str(tmp_path)) == key
     assert warmkernel.socket_path({**base, "OMP_NUM_THREADS": "2"}, str(tmp_path)) != key
-    assert warmkernel.socket_path({**base, "PYTHONPATH": "src"}, str(tmp_path)) != key
+    assert warmkernel.socket_path({**base, "PYTHONPATH": "src", "PYTEST_CURRENT_TEST": "t"}, str(tmp_path)) == key
     other = tmp_path / "other"
     other.mkdir()
     assert warmkernel.socket_path(base, str(other)) == key  # another project, the same libraries
@@ -134,3 +134,26 @@ def test_a_sweeps_variants_fork_from_the_server_it_starts(project: Path, monkeyp
     summary = run_sweep("01", {"nap": [0, 1]}, jobs=1, root=root, out_dir=root / "sweep", track=False,
                         backend="local")
     assert summary["warm"].max() == 1.0  # the second, at least: the server answers between two of its imports
+
+
+def test_each_kernel_imports_from_its_own_pythonpath(project: Path, monkeypatch):
+    "PYTHONPATH is not in the key (projects put their own src/ there): a forked kernel has its own on sys.path."
+    monkeypatch.delenv(warmkernel.ENABLE_VAR, raising=False)
+    monkeypatch.setenv("WARMKERNEL_TEST_SERVER", "pythonpath")
+    for name in ("src_a", "src_b"):
+        (project / name).mkdir()
+        (project / name / "project_mark.py").write_text(f"VALUE = {name!r}\n")
+    root = add_stage(project, "01_which", "tag: a\n", "tag = 'a'",
+                     "import json, os, sys\nfrom stagebook import stage\nctx = stage.init(0)\n"
+                     "import project_mark\n"
+                     "json.dump({'value': project_mark.VALUE, 'path': sys.path,\n"
+                     "           'parent': open(f'/proc/{os.getppid()}/cmdline').read()}, open(f'which-{tag}.json', 'w'))")
+    monkeypatch.setenv("PYTHONPATH", "src_a")  # relative, as a Makefile would put it: the kernel's folder counts
+    run_stage("01", root=root, track=False)  # starts the server with src_a on its own path
+    wait_for_warm_kernels(root)
+    for tag, folder in (("b", "src_b"), ("a", "src_a")):
+        monkeypatch.setenv("PYTHONPATH", folder)
+        run_stage("01", overrides=[f"tag={tag}"], root=root, track=False)
+        found = json.loads((root / f"which-{tag}.json").read_text())
+        assert "stagebook.warmkernel" in found["parent"] and found["value"] == folder
+        assert str(root / folder) in found["path"] and str(root / ({"src_a", "src_b"} - {folder}).pop()) not in found["path"]

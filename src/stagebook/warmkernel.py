@@ -50,8 +50,11 @@ PRELOAD = ("ipykernel.kernelapp", "ipykernel.ipkernel", "numpy", "pandas",
            "sklearn.ensemble", "sklearn.neighbors", "sklearn.metrics", "torch", "fastai.vision.all")
 # Variables that differ between runs and that no preloaded library reads at import: left out of the key.
 # (A Ray worker adds RAY_*, SPT_NOENV and its own PYTHONBREAKPOINT: its variants share the sweep's server.)
+# PYTHONPATH is one of them: the server preloads nothing from it, and each kernel puts its own on sys.path
+# (`_own_python_path`), so projects that each put their `src/` there share a server. PYTEST_CURRENT_TEST is pytest's
+# name for the test running (a project's own tests run stages).
 VOLATILE = ("PWD", "OLDPWD", "SHLVL", "_", "MAKEFLAGS", "MFLAGS", "MAKELEVEL", "COLUMNS", "LINES", "SPT_NOENV",
-            "PYTHONBREAKPOINT")
+            "PYTHONBREAKPOINT", "PYTHONPATH", "PYTEST_CURRENT_TEST")
 VOLATILE_PREFIXES = ("STAGEBOOK_", "JPY_", "DVC_", "RAY_")
 SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT, signal.SIGUSR1, signal.SIGUSR2)
 
@@ -159,6 +162,7 @@ def serve(path: Path) -> None:
         return
     from .kernel import drop_working_folder
     drop_working_folder()  # as a kernel: the working folder is not where modules come from
+    _SERVER_PYTHON_PATH[:] = _python_path_entries(os.environ.get("PYTHONPATH", ""))
     os.environ.setdefault("MPLBACKEND", INLINE_BACKEND)  # as IPython's kernel sets it before anything imports pyplot
     path.unlink(missing_ok=True)
     listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -268,6 +272,7 @@ def _become_kernel(conn: socket.socket, listener: socket.socket, guard, fds: lis
         os.environ.clear()
         os.environ.update(request["env"])
         sys.argv = list(request["argv"])
+        _own_python_path(request["env"].get("PYTHONPATH", ""))
         sys.path_importer_cache.clear()  # relative entries (PYTHONPATH=src) were listed in the server's folder
         import importlib
         importlib.invalidate_caches()
@@ -299,6 +304,24 @@ def _become_kernel(conn: socket.socket, listener: socket.socket, guard, fds: lis
                 pass
         from .startup import quick_exit
         quick_exit(code, last=tell_launcher)
+
+
+def _python_path_entries(value: str) -> list[str]:
+    "sys.path's entries for a PYTHONPATH value, as the interpreter makes them at start-up (absolute, in order)."
+    return [os.path.abspath(entry) for entry in value.split(os.pathsep) if entry]
+
+
+def _own_python_path(value: str) -> None:
+    """sys.path as a cold kernel started with PYTHONPATH=`value` has it: the server's PYTHONPATH entries (read at its
+    start-up) out, the kernel's in, at the front (where the interpreter puts them, after the script's folder, which
+    a kernel drops)."""
+    for entry in _SERVER_PYTHON_PATH:
+        if entry in sys.path:
+            sys.path.remove(entry)
+    sys.path[:0] = [entry for entry in _python_path_entries(value) if entry not in sys.path]
+
+
+_SERVER_PYTHON_PATH: list[str] = []  # set by `serve` before anything else: the entries its own start-up added
 
 
 def _reseed() -> None:
