@@ -112,3 +112,28 @@ def test_near_pairs_in_textured_photos_stay_at_the_measured_level(photos):
     recall, wrong = _recall_and_wrong(images, origin, family, 0.01)
     assert min(recall.values()) >= 0.6 and np.mean(list(recall.values())) >= 0.8, recall
     assert wrong <= 0.02 * len(images)
+
+
+def test_whole_pixel_crop_alignment_slices_one_resampling_with_the_same_numbers():
+    "The crop search resamples once and slices; it must give exactly what resampling at every offset gives."
+    import torch
+
+    from stagebook import nearcopy
+    rng = np.random.default_rng(3)
+    for side, reach, most in ((16, 4, 0), (32, 1, 6)):
+        a = torch.from_numpy((rng.random((500, side, side)) * 255).astype(np.float32))
+        b = torch.from_numpy((rng.random((500, side, side)) * 255).astype(np.float32))
+        b[:250] = a[:250] + torch.from_numpy(rng.normal(0, 8, (250, side, side)).astype(np.float32))  # some copies
+        scale = torch.from_numpy(rng.uniform(0.8, 1.0, (500, 2)).astype(np.float32))
+        centre = torch.from_numpy(rng.integers(-most, most + 1, (500, 2)).astype(np.float32))
+        each = nearcopy._best_alignment(a, b, scale, centre, nearcopy._grid(float(reach), 1.0))
+        sliced = nearcopy._best_whole_alignment(a, b, scale, centre, reach)
+        assert torch.equal(each[0], sliced[0]) and torch.equal(each[1], sliced[1])
+
+
+def test_the_integer_blur_gives_exactly_the_float_blur():
+    from stagebook import nearcopy
+    thumbs = np.random.default_rng(5).integers(0, 256, (300, 32, 32), dtype=np.uint8)
+    thumbs[:5] = 255  # the largest sums
+    fast = nearcopy._smoothed(thumbs)
+    assert fast.dtype == np.float32 and np.array_equal(fast, nearcopy._smoothed_float(thumbs))

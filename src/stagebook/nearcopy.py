@@ -195,6 +195,35 @@ def _best_alignment(a, b, scale, centre, steps):
     return best, where
 
 
+def _best_whole_alignment(a, b, scale, centre, reach: int):
+    """`_best_alignment` over the whole-pixel offsets `centre` + (-reach..reach)² (centre: whole pixels), with the
+    same numbers for a fraction of the work: b is resampled into a's frame once, on a canvas `reach` pixels wider
+    each way, and each offset is a slice of it (a whole-pixel move of the sampling grid moves the samples exactly)."""
+    import torch
+    import torch.nn.functional as F
+
+    count, side = a.shape[0], a.shape[-1]
+    c = (side - 1) / 2
+    wide = side + 2 * reach
+    axis = torch.arange(-reach, side + reach, dtype=torch.float32)
+    gx = ((axis[None, :] - centre[:, :1] - c) / scale[:, :1] + c) / (side - 1) * 2 - 1
+    gy = ((axis[None, :] - centre[:, 1:] - c) / scale[:, 1:] + c) / (side - 1) * 2 - 1
+    grid = torch.stack([gx[:, None, :].expand(count, wide, wide), gy[:, :, None].expand(count, wide, wide)], dim=-1)
+    canvas = F.grid_sample(b[:, None], grid, mode="bilinear", padding_mode="zeros", align_corners=True)[:, 0]
+    in_x, in_y = gx.abs() <= 1, gy.abs() <= 1
+    best = torch.full((count,), 3.0)
+    where = centre.clone()
+    for dx, dy in _grid(float(reach), 1.0):
+        x0, y0 = reach - int(dx), reach - int(dy)
+        placed = canvas[:, y0:y0 + side, x0:x0 + side].contiguous()
+        inside = (_eroded(in_x[:, x0:x0 + side])[:, None, :] & _eroded(in_y[:, y0:y0 + side])[:, :, None]).float()
+        dist = _correlation(a, placed, inside)
+        better = dist < best
+        best = torch.where(better, dist, best)
+        where = torch.where(better[:, None], centre + torch.tensor((dx, dy), dtype=torch.float32), where)
+    return best, where
+
+
 def _eroded(inside):
     "An overlap (N, side) of booleans less MARGIN pixels (at 32 px; in proportion at other sides) at each end."
     import torch
@@ -263,9 +292,9 @@ def _align_pairs(a32: np.ndarray, b32: np.ndarray, scale: np.ndarray, gate: floa
     else:  # a crop: the smaller image may sit anywhere in the room the crop left; search at 16 px, then at 32
         reach = COARSE_SHIFT + int(np.ceil((1 - scale.min()) * 8))
         ratio = torch.from_numpy(scale.astype(np.float32))
-        _, at16 = _best_alignment(torch.from_numpy(pooled(a32, 16)), torch.from_numpy(pooled(b32, 16)), ratio,
-                                  torch.zeros(len(a32), 2), _grid(reach, 1.0))
-        rough, coarse = _best_alignment(a, b, ratio, 2 * at16, _grid(1.0, 1.0))
+        _, at16 = _best_whole_alignment(torch.from_numpy(pooled(a32, 16)), torch.from_numpy(pooled(b32, 16)), ratio,
+                                        torch.zeros(len(a32), 2), reach)
+        rough, coarse = _best_whole_alignment(a, b, ratio, 2 * at16, 1)
     dist = rough.clone()
     near = torch.nonzero(rough <= gate).flatten()  # only pairs that may be copies are worth the finer search
     if len(near):
@@ -276,7 +305,23 @@ def _align_pairs(a32: np.ndarray, b32: np.ndarray, scale: np.ndarray, gate: floa
 
 
 def _smoothed(thumbs: np.ndarray) -> np.ndarray:
-    "A [1, 2, 1] / 4 blur each way (float32): pixel noise counts a third as much; structure wider than 2 px stays."
+    """A [1, 2, 1] / 4 blur each way (float32): pixel noise counts a third as much; structure wider than 2 px stays.
+    On uint8 thumbnails the sums are whole numbers (16x the result fits int16), so they are made in torch's int16
+    and the result is exact: the same numbers as float arithmetic, in a third of the time (it ran once per pair)."""
+    import torch
+
+    if thumbs.dtype != np.uint8:
+        return _smoothed_float(thumbs)
+    x = torch.from_numpy(np.ascontiguousarray(thumbs)).to(torch.int16)
+    rows = x * 4
+    rows[:, 1:-1, :] = x[:, :-2, :] + x[:, 2:, :] + 2 * x[:, 1:-1, :]
+    out = rows * 4
+    out[:, :, 1:-1] = rows[:, :, :-2] + rows[:, :, 2:] + 2 * rows[:, :, 1:-1]
+    return (out.to(torch.float32) * (1 / 16)).numpy()
+
+
+def _smoothed_float(thumbs: np.ndarray) -> np.ndarray:
+    "`_smoothed` for thumbnails that are not uint8."
     thumbs = thumbs.astype(np.float32)
     out = thumbs.copy()
     out[:, 1:-1, :] = (thumbs[:, :-2, :] + thumbs[:, 2:, :]) * 0.25 + thumbs[:, 1:-1, :] * 0.5
