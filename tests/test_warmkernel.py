@@ -55,6 +55,8 @@ def test_kernels_fork_from_the_server_yet_are_fresh_and_separate(project: Path, 
 
 def test_turned_off_every_kernel_starts_cold(project: Path, monkeypatch):
     monkeypatch.setenv(warmkernel.ENABLE_VAR, "0")
+    # a variable of the key's own, so a server that another test module runs (same environment) is not this one's
+    monkeypatch.setenv("WARMKERNEL_TEST_OWN_KEY", str(project))
     root = add_stage(project, "01_probe", "tag: a\n", "tag = 'a'", *PROBE)
     _probe(root, "a", monkeypatch)
     time.sleep(1)
