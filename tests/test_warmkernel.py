@@ -111,16 +111,16 @@ def test_the_key_follows_what_changes_an_import_but_not_what_changes_each_run(tm
 def test_the_server_stays_while_a_kernel_it_forked_runs(project: Path, monkeypatch):
     monkeypatch.delenv(warmkernel.ENABLE_VAR, raising=False)
     monkeypatch.setenv("WARMKERNEL_TEST_SERVER", "own")  # a server of this test's own (the key includes it) ...
-    monkeypatch.setenv(warmkernel.IDLE_VAR, "2")  # ... that would leave after 2 s without a request
+    monkeypatch.setenv(warmkernel.IDLE_VAR, "5")  # ... that would leave after 5 s without a request
     root = add_stage(project, "01_slow", "nap: 0\n", "nap = 0",
                      "import os, time\nfrom stagebook import stage\nctx = stage.init(0)\n"
                      "open(f'parent-{nap}.txt', 'w').write(open(f'/proc/{os.getppid()}/cmdline').read())\n"
                      "time.sleep(nap)\nstage.log_metrics({'slept': nap})")
     run_stage("01", root=root, track=False)
     wait_for_warm_kernels(root)
-    result = run_stage("01", overrides=["nap=6"], root=root, track=False)  # IPython's poller would end it if not
-    assert "stagebook.warmkernel" in (root / "parent-6.txt").read_text()
-    assert result.metrics["slept"] == 6
+    result = run_stage("01", overrides=["nap=10"], root=root, track=False)  # IPython's poller would end it if not
+    assert "stagebook.warmkernel" in (root / "parent-10.txt").read_text()
+    assert result.metrics["slept"] == 10
 
 
 def test_a_sweeps_variants_fork_from_the_server_it_starts(project: Path, monkeypatch):

@@ -189,6 +189,7 @@ def serve(path: Path) -> None:
                 last = time.monotonic()
         ready = Path(f"{path}.ready")
         ready.write_text(str(os.getpid()))  # everything is imported (tests wait for this)
+        last = time.monotonic()  # idle counts from here: a server that has just finished importing does not leave
         # It stays while a kernel it forked runs: IPython's kernel ends when its parent does (its parent poller)
         while time.monotonic() - last < idle or kernels:
             if _serve_one(listener, guard, 0.5, kernels):
