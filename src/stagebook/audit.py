@@ -24,7 +24,7 @@ import numpy as np
 import pandas as pd
 from PIL import Image, UnidentifiedImageError
 
-from . import calibration, nearcopy
+from . import calibration, cpus, nearcopy
 from .dataconfig import flatten_alpha
 from .errors import StagebookError
 from .startup import forking_safely
@@ -123,7 +123,7 @@ def inspect_all(paths: list[str], workers: int | None = None, progress: bool = T
     """Inspect every file once, in parallel processes; yields (position, Inspection) in the order given, so the
     caller keeps only what it needs (memory does not hold every decoded image)."""
     global _KNOWN
-    workers = workers or os.cpu_count() or 1
+    workers = workers or cpus.available()
     chunk = max(1, min(256, len(paths) // (workers * 8) or 1))
     bar = None
     if progress:

@@ -23,6 +23,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from .cpus import available as available_cpus
+
 RAY_ENV = "RAY_ADDRESS"
 
 
@@ -63,7 +65,7 @@ def start(address: str | None = None, backend: str = "auto") -> Engine:
             if not address:  # a Ray of our own, reachable only from this machine: no token to manage
                 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
             ray.init(address=address, include_dashboard=False, log_to_driver=False, logging_level="ERROR",
-                     configure_logging=True, **({} if address else {"num_cpus": os.cpu_count() or 1}))
+                     configure_logging=True, **({} if address else {"num_cpus": available_cpus()}))
         resources = ray.cluster_resources()
         nodes = sum(1 for n in ray.nodes() if n.get("Alive"))
         if started_here and not address:

@@ -9,12 +9,12 @@ whole validation split; rank 0 hands back the trained weights and the per-epoch 
 """
 from __future__ import annotations
 
-import os
 import tempfile
 from pathlib import Path
 
 import torch
 
+from . import cpus
 from .errors import StagebookError
 
 
@@ -26,7 +26,7 @@ def _worker(rank: int, world_size: int, rendezvous: str, backend: str, spec: dic
 
     dist.init_process_group(backend, init_method=f"file://{rendezvous}", rank=rank, world_size=world_size)
     try:
-        torch.set_num_threads(max(1, (os.cpu_count() or 1) // world_size))
+        torch.set_num_threads(max(1, cpus.threads() // world_size))
         cuda = backend == "nccl"
         device = torch.device(f"cuda:{rank}") if cuda else torch.device("cpu")
         torch.manual_seed(spec["seed"])  # the same initial weights in every process (DDP also broadcasts rank 0's)

@@ -16,11 +16,11 @@ Every image is described by a grey 32-px thumbnail (uint8) and its size. Three s
 """
 from __future__ import annotations
 
-import os
-
 import numpy as np
 import pandas as pd
 from PIL import Image
+
+from . import cpus
 
 THUMB = 32                 # side of the stored thumbnail
 HNSW_LINKS = 16            # graph degree of the HNSW graph over the IVF lists' centres
@@ -119,7 +119,7 @@ class CandidateIndex:
             self.quantizer.hnsw.efSearch = max(16, 2 * NPROBE)
         self.index.add(points)
         self.points = points  # each image's unmoved key (144 bytes): `best_offsets` starts from these
-        faiss.omp_set_num_threads(os.cpu_count() or 1)  # searching a fixed index is deterministic in any thread count
+        faiss.omp_set_num_threads(cpus.threads())  # searching a fixed index is deterministic in any thread count
 
     def search(self, thumbs: np.ndarray, k: int, within: float = CANDIDATE_GATE,
                shifts: list[tuple[int, int]] = PROBE_SHIFTS) -> np.ndarray:
@@ -343,7 +343,7 @@ def pair_distances(thumbs_a: np.ndarray, sizes_a: np.ndarray, thumbs_b: np.ndarr
     # slicing groups instead of 25 (the search's cost was Python's, per group).
     order = np.arange(len(thumbs_a)) if hint is None else np.lexsort((hint[:, 1], hint[:, 0]))
     with torch.inference_mode():
-        torch.set_num_threads(os.cpu_count() or 1)
+        torch.set_num_threads(cpus.threads())
         for start in range(0, len(thumbs_a), BATCH):
             part = order[start:start + BATCH]
             a, b = thumbs_a[part], thumbs_b[part]

@@ -24,7 +24,7 @@ from typing import Callable
 
 import pandas as pd
 
-from . import stage
+from . import cpus, stage
 from .startup import forking_safely
 from .sweep import PROGRESS_FORMAT, variants
 
@@ -66,7 +66,7 @@ def run_inline(train: Callable[[dict, Path], dict], grid: dict[str, list], out_d
     for name in names:
         (out_dir / name).mkdir(parents=True, exist_ok=True)
     jobs = max(1, min(jobs, len(combos)))
-    threads = max(1, (os.cpu_count() or 1) // jobs)
+    threads = max(1, cpus.threads() // jobs)
     forking = os.name == "posix"
     context = get_context("fork") if forking else None
     pending = list(range(len(combos)))

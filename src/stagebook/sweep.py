@@ -23,6 +23,7 @@ from pathlib import Path
 import yaml
 
 from . import runlock
+from .cpus import available as available_cpus
 from .errors import StagebookError
 from .params import load_params, parse_overrides
 from .project import find_root, resolve_stage
@@ -110,7 +111,7 @@ def run_sweep(stage_ref: str, grid: dict[str, list], fixed: list[str] = (), jobs
 
         jobs = max(1, min(jobs, len(combos)))
         engine = cluster.start(address, backend)
-        cpus = cpus_per_variant or max(1, (os.cpu_count() or 1) // jobs)
+        cpus = cpus_per_variant or max(1, available_cpus() // jobs)
         from .device import gpu_names
         gpus = len(gpu_names())  # several GPUs: a GPU per variant; one GPU: shared; none: none
         gpu_share = gpus_per_variant if gpus_per_variant is not None else (1.0 if gpus > 1 else 1.0 / jobs if gpus else 0.0)
