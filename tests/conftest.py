@@ -27,7 +27,7 @@ os.environ.setdefault("STAGEBOOK_WARM_KERNEL_IDLE", "15")  # so does the warm-ke
 # end-to-end modules through `warm_kernels`): a server imports for 7 s of CPU, more than it saves a module that starts
 # a few tiny kernels.
 os.environ.setdefault("STAGEBOOK_WARM_KERNELS", "0")
-# Two xdist workers share the cores: each one's torch, faiss and BLAS threads would spin-wait against the other's
+# The xdist workers share the cores: each one's torch, faiss and BLAS threads would spin-wait against the other's
 # (the end-to-end tests ran 2-3x slower in the suite than alone). One thread per process; processes stay parallel.
 for key in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
     os.environ.setdefault(key, "1")
