@@ -38,7 +38,7 @@ $(STAMP): requirements.lock pyproject.toml $(wildcard wheels/stagebook-*.whl)
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info[:2] == (3, 11) else "stagebook: Python 3.11 is needed (found " + sys.version.split()[0] + "); set PYTHON=/path/to/python3.11")'
 	test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
 	@echo "stagebook: installing the pinned packages into $(VENV) (about 3 minutes the first time)"
-	$(VENV)/bin/python -m pip install -qq --disable-pip-version-check --no-compile -r requirements.lock
+	$(VENV)/bin/python -m pip install -qq --disable-pip-version-check -r requirements.lock
 	@if [ -d src/stagebook ]; then \
 	  $(VENV)/bin/python -m pip install -qq --disable-pip-version-check --no-deps --no-build-isolation -e . && \
 	  echo "$(CURDIR)/src" > "$$($(VENV)/bin/python -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')/stagebook-example-src.pth"; \
