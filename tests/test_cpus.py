@@ -12,9 +12,10 @@ from stagebook import cpus
 ASK = "from stagebook import cpus; print(cpus.available(), cpus.threads())"
 
 
-def _in_child(env: dict, prefix: list[str] | None = None) -> tuple[int, int]:
-    done = subprocess.run([*(prefix or []), sys.executable, "-c", ASK], env=env, capture_output=True, text=True,
-                          check=True)
+def _in_child(env: dict, preexec_fn=None) -> tuple[int, int]:
+    "What a fresh interpreter with `env` (and `preexec_fn` run in it first) reports: (available, threads)."
+    done = subprocess.run([sys.executable, "-c", ASK], env=env, capture_output=True, text=True, check=True,
+                          preexec_fn=preexec_fn)
     return tuple(map(int, done.stdout.split()))
 
 
@@ -22,10 +23,7 @@ def _in_child(env: dict, prefix: list[str] | None = None) -> tuple[int, int]:
 def test_a_process_pinned_to_one_core_uses_one():
     env = {k: v for k, v in os.environ.items() if k != "OMP_NUM_THREADS"}
     core = sorted(os.sched_getaffinity(0))[0]
-    pinned = lambda: os.sched_setaffinity(0, {core})  # noqa: E731 - in the child only
-    done = subprocess.run([sys.executable, "-c", ASK], env=env, capture_output=True, text=True, check=True,
-                          preexec_fn=pinned)
-    assert tuple(map(int, done.stdout.split())) == (1, 1)
+    assert _in_child(env, preexec_fn=lambda: os.sched_setaffinity(0, {core})) == (1, 1)  # pinned in the child only
     assert _in_child(env) == (len(os.sched_getaffinity(0)),) * 2  # unpinned: every core it may use
 
 
