@@ -9,7 +9,7 @@ import pytest
 from PIL import Image
 
 from stagebook import StagebookError
-from stagebook.audit import audit
+from stagebook.audit import audit, take_rows_in_place
 from stagebook.embedded import write_digits, write_near_duplicates
 from stagebook.manifest import build_manifest
 from stagebook.split import split_assignments, straddling_clusters
@@ -87,6 +87,19 @@ def _write(root: Path, files: dict[str, bytes]) -> str:
         (root / "imgs" / name).parent.mkdir(parents=True, exist_ok=True)
         (root / "imgs" / name).write_bytes(data)
     return "imgs"
+
+
+@pytest.mark.parametrize("count", [1, 2, 9, 500])
+def test_rows_are_taken_in_place_as_fancy_indexing_would(count):
+    "The audit's thumbnails are reordered in their own memory; every subset and order gives `rows[order]`."
+    rng = np.random.default_rng(count)
+    for _ in range(25):
+        rows = rng.integers(0, 256, (count, 3, 3), dtype=np.uint8)
+        order = rng.permutation(count)[:rng.integers(0, count + 1)]
+        expected = rows[order].copy()
+        taken = take_rows_in_place(rows, order)
+        assert np.shares_memory(taken, rows) or not len(order)
+        assert np.array_equal(taken, expected)
 
 
 def test_bad_threshold_is_refused(tmp_path: Path):

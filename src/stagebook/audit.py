@@ -151,6 +151,30 @@ def inspect_all(paths: list[str], workers: int | None = None, progress: bool = T
             bar.close()
 
 
+def take_rows_in_place(rows: np.ndarray, order: np.ndarray) -> np.ndarray:
+    """`rows[order]` (distinct row numbers), made in `rows`' own memory: the first len(order) rows become it and are
+    returned as a view; the rest are left in some order. The permutation is applied cycle by cycle with one spare
+    row, so the audit holds its thumbnails once, not twice (a Python loop: about a second per 300k rows)."""
+    count = len(rows)
+    others = np.setdiff1d(np.arange(count), order, assume_unique=True)
+    source = np.concatenate([np.asarray(order, dtype=np.int64), others]).tolist()  # position k takes row source[k]
+    done = bytearray(count)
+    for start in range(count):
+        if done[start] or source[start] == start:
+            continue
+        spare = rows[start].copy()
+        k = start
+        while True:
+            done[k] = 1
+            src = source[k]
+            if src == start:
+                rows[k] = spare
+                break
+            rows[k] = rows[src]
+            k = src
+    return rows[:len(order)]
+
+
 def connected_clusters(n: int, edges: list[np.ndarray]) -> np.ndarray:
     "A cluster number per item from undirected edges (pairs of item indices)."
     from scipy.sparse import coo_matrix
@@ -268,7 +292,7 @@ def audit(manifest: pd.DataFrame, root: Path, near_threshold="auto", neighbours:
     component = np.full(len(reps), -1)
     tested, memo = None, None
     if len(reps) > 1:
-        thumbs = thumbs_of[reps]
+        thumbs = take_rows_in_place(thumbs_of, reps)  # not a copy: 1 KB an image less at the peak
         sizes = items[["width", "height"]].to_numpy(dtype=np.int64)[reps]
         report(f"audit: indexing {len(reps):,} distinct images for near copies")
         index = nearcopy.CandidateIndex(thumbs)
@@ -288,7 +312,6 @@ def audit(manifest: pd.DataFrame, root: Path, near_threshold="auto", neighbours:
             memo.write()
     if files is not None:
         files.write(new, set(items.sha256))
-    del thumbs_of
     # Every usable item joins its pixel representative's star cluster; exact copies are joined by their bytes too.
     cluster_of = np.arange(len(items)) + len(reps)
     cluster_of[ok] = component[rep_of.loc[items.pixel_sha256.to_numpy()[ok]].to_numpy()]

@@ -132,6 +132,22 @@ class CandidateIndex:
                  for at in range(0, len(thumbs), QUERY_CHUNK)]
         return np.concatenate(parts)
 
+    def self_pairs(self, thumbs: np.ndarray, k: int, shifts: list[tuple[int, int]] = SELF_SHIFTS) -> np.ndarray:
+        """The candidate pairs of the indexed collection itself (`thumbs`, in the index's order) as unique (i, j),
+        i < j, an (N, 2) int64 array in lexicographic order: the pairs of `search`'s rows. Kept as one int64 key per
+        pair, a query chunk at a time, instead of `search`'s five float64 columns per probe hit: at 320k images that
+        was about half a gigabyte held at once, for the two numbers each pair needs."""
+        n = len(thumbs)
+        found = [np.empty(0, np.int64)]
+        for at in range(0, n, QUERY_CHUNK):
+            rows = self._search(thumbs[at:at + QUERY_CHUNK], k, CANDIDATE_GATE, shifts, at)
+            query, item = rows[:, 0].astype(np.int64), rows[:, 1].astype(np.int64)
+            other = query != item
+            query, item = query[other], item[other]
+            found.append(np.unique(np.minimum(query, item) * n + np.maximum(query, item)))
+        pair_keys = np.unique(np.concatenate(found))
+        return np.stack([pair_keys // n, pair_keys % n], axis=1)
+
     def _search(self, thumbs, k, within, shifts, offset) -> np.ndarray:
         found = []
         for dx, dy, probe in keys(thumbs, shifts):  # moved at 32 px, then pooled: half-pixel steps at 8 px
@@ -401,12 +417,9 @@ def near_pairs(thumbs: np.ndarray, sizes: np.ndarray, threshold: float, neighbou
     if len(thumbs) < 2:
         return _no_pairs()
     index = index or CandidateIndex(thumbs)
-    found = index.search(thumbs, neighbours + 1, shifts=SELF_SHIFTS)
-    found = found[found[:, 0] != found[:, 1]]
-    if not len(found):
+    pairs = index.self_pairs(thumbs, neighbours + 1)
+    if not len(pairs):
         return _no_pairs()
-    query, item = found[:, 0].astype(np.int64), found[:, 1].astype(np.int64)
-    pairs = np.unique(np.stack([np.minimum(query, item), np.maximum(query, item)], axis=1), axis=0)
     i, j = pairs[:, 0], pairs[:, 1]
     gate = coarse_gate(threshold)
     dist = memo.lookup(i, j, gate) if memo is not None else np.full(len(i), np.nan, np.float32)
