@@ -47,12 +47,14 @@ def nested_stage(project: Path) -> Path:
                      "    assert not bad, 'bad phase'\n"
                      "stage.log_series('curve', [1, 2, 3])\n"
                      "stage.output_path('models/out.txt').write_text(str(rate))\n"
-                     "stage.log_metrics({'score': rate, 'params_seen': len(stage.params()), 'variant': int(ctx.variant)})")
+                     "import os\n"
+                     "stage.log_metrics({'score': rate, 'params_seen': len(stage.params()), 'variant': int(ctx.variant),\n"
+                     "                   'threads': int(os.environ.get('OMP_NUM_THREADS', '0'))})")
 
 
 def test_child_runs_curves_and_staged_outputs(nested_stage: Path):
     result = run_stage("01", ["rate=2.5"], root=nested_stage)
-    assert result.metrics == {"score": 2.5, "params_seen": 2, "variant": 0}
+    assert result.metrics == {"score": 2.5, "params_seen": 2, "variant": 0, "threads": 1}  # conftest's one thread
     assert (nested_stage / "models" / "out.txt").read_text() == "2.5", "staged outputs are promoted on success"
     client = MlflowClient(tracking_uri(nested_stage))
     assert [m.value for m in client.get_metric_history(result.run_id, "curve")] == [1, 2, 3]
@@ -99,3 +101,16 @@ def test_a_failing_variant_is_reported_not_hidden(nested_stage: Path):
     summary = run_sweep("01", {"bad": [False, True]}, jobs=2, root=nested_stage, out_dir=nested_stage / "s", track=False)
     assert summary.status.tolist() == ["ok", "failed"]
     assert "bad phase" in summary.error.iloc[1]
+
+
+def test_variants_threads_follow_the_sweeps_omp_setting_unless_cpus_are_declared(nested_stage: Path, monkeypatch):
+    "As stage 04's own search does: a lower OMP_NUM_THREADS caps each variant; declared --cpus give that many."
+    from stagebook.cpus import available
+    if available() < 2:
+        pytest.skip("needs 2 cores: with one, every rule gives one thread")
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    capped = run_sweep("01", {"rate": [1.0]}, jobs=1, root=nested_stage, out_dir=nested_stage / "a", track=False,
+                       backend="local")
+    declared = run_sweep("01", {"rate": [1.0]}, jobs=1, root=nested_stage, out_dir=nested_stage / "b", track=False,
+                         backend="local", cpus_per_variant=2)
+    assert capped.threads.tolist() == [1] and declared.threads.tolist() == [2]

@@ -24,6 +24,7 @@ import yaml
 
 from . import runlock
 from .cpus import available as available_cpus
+from .cpus import threads as thread_count
 from .errors import StagebookError
 from .params import load_params, parse_overrides
 from .project import find_root, resolve_stage
@@ -115,7 +116,9 @@ def run_sweep(stage_ref: str, grid: dict[str, list], fixed: list[str] = (), jobs
         from .device import gpu_names
         gpus = len(gpu_names())  # several GPUs: a GPU per variant; one GPU: shared; none: none
         gpu_share = gpus_per_variant if gpus_per_variant is not None else (1.0 if gpus > 1 else 1.0 / jobs if gpus else 0.0)
-        threads = str(max(1, int(cpus)))
+        # declared CPUs give as many threads; otherwise this process's share, so an OMP_NUM_THREADS set for the sweep
+        # caps its variants as it caps stage 04's own search
+        threads = str(max(1, int(cpus) if cpus_per_variant else thread_count() // jobs))
         tasks = []
         for index, combo in enumerate(combos):
             name = f"v{index:02d}"
