@@ -152,7 +152,8 @@ def bench_audit_scale(sizes=(20_000, 80_000, 320_000)) -> list[dict]:
     # Peak memory (after imports) against images: the slope is what each more image costs at the peak, to set
     # beside the near-copy index's own state per image (32-px thumbnail, 8-px key, the IVF's copy of it and its id).
     per_image_kb = float(np.polyfit(n, [r["peak_mib"] - r["import_mib"] for r in rows], 1)[0]) * 1024
-    index_kb = (32 * 32 + 36 * 4 + 36 * 4 + 8) / 1024
+    from stagebook.nearcopy import THUMB
+    index_kb = (THUMB * THUMB + 2 * 36 * 4 + 8) / 1024  # uint8 thumbnail; float32 6x6 key, twice; int64 id
     largest = sizes[-1]
     cache = Path(tempfile.mkdtemp(prefix="stagebook-bench-audit-cache-"))
     try:

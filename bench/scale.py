@@ -5,7 +5,7 @@ The variants are a toy stage that trains a small CNN for a fixed number of steps
 
 sweep:    an 8-variant sweep, 2 at a time, on Ray started on this machine against the local process pool, in
           interleaved repeats, at least SWEEP_PAIRS (target: Ray's wall time <= 1.05x the pool's, median of the
-          per-pair ratios, with their spread; one pair's ratio varies by about +-10% on 2 cores, so 3 or 5 pairs
+          per-pair ratios, with their spread; one pair's ratio ranged from 0.72 to 1.47 on 2 cores, so 3 or 5 pairs
           cannot tell 1.00 from 1.05); Ray's own start-up is timed apart, since a long-lived cluster pays it once.
           An untimed 2-variant sweep comes first: it starts the warm-kernel server both backends share.
 twonode:  4 variants on a simulated cluster of two 1-CPU nodes (`ray.cluster_utils.Cluster`, on this machine)

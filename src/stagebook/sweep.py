@@ -23,8 +23,7 @@ from pathlib import Path
 import yaml
 
 from . import runlock
-from .cpus import available as available_cpus
-from .cpus import threads as thread_count
+from .cpus import available as available_cpus, threads as thread_count
 from .errors import StagebookError
 from .params import load_params, parse_overrides
 from .project import find_root, resolve_stage
