@@ -151,3 +151,40 @@ def test_the_integer_blur_gives_exactly_the_float_blur():
     thumbs[:5] = 255  # the largest sums
     fast = nearcopy._smoothed(thumbs)
     assert fast.dtype == np.float32 and np.array_equal(fast, nearcopy._smoothed_float(thumbs))
+
+
+def test_the_blur_made_at_16_px_is_the_blur_pooled():
+    thumbs = np.random.default_rng(6).integers(0, 256, (300, 32, 32), dtype=np.uint8)
+    thumbs[:5] = 255  # the largest sums: 64 x 255 must not overflow int16
+    direct = nearcopy._smoothed16(thumbs)
+    assert direct.dtype == np.float32 and np.array_equal(direct, nearcopy.pooled(nearcopy._smoothed(thumbs), 16))
+
+
+def _nearest_one_by_one(index, thumbs, k, shifts):
+    "The candidate rule, spelled out a query at a time: closest hit per item, then the k + PROBE_NEAREST closest."
+    hits = {}
+    for number, (dx, dy, probe) in enumerate(nearcopy.keys(thumbs, shifts)):
+        take = min(k if (dx, dy) == (0, 0) else nearcopy.PROBE_NEAREST, len(index))
+        squared, nearest = index.index.search(probe, take)
+        for q in range(len(thumbs)):
+            for sq, item in zip(squared[q], nearest[q]):
+                if item < 0 or sq / 2 > nearcopy.CANDIDATE_GATE:
+                    continue
+                d = float(sq / 2)
+                if (q, item) not in hits or d < hits[q, item][0]:  # a tie keeps the earlier probe
+                    hits[q, item] = (d, dx, dy)
+    rows = sorted((q, d, item, dx, dy) for (q, item), (d, dx, dy) in hits.items())
+    out, seen = [], {}
+    for q, d, item, dx, dy in rows:
+        seen[q] = seen.get(q, 0) + 1
+        if seen[q] <= k + nearcopy.PROBE_NEAREST:
+            out.append((q, item, dx, dy, d))
+    return np.array(out)
+
+
+def test_the_vectorised_candidate_rule_is_the_rule_one_query_at_a_time(photos):
+    thumbs, _ = _features(photos[:150])
+    thumbs = np.concatenate([thumbs, np.roll(thumbs[:40], 2, axis=2), thumbs[:10]])  # moved copies, exact ties
+    index = nearcopy.CandidateIndex(thumbs)
+    found = index.search(thumbs[:120], 5)
+    assert np.array_equal(found, _nearest_one_by_one(index, thumbs[:120], 5, nearcopy.PROBE_SHIFTS))

@@ -140,34 +140,57 @@ class CandidateIndex:
         n = len(thumbs)
         found = [np.empty(0, np.int64)]
         for at in range(0, n, QUERY_CHUNK):
-            rows = self._search(thumbs[at:at + QUERY_CHUNK], k, CANDIDATE_GATE, shifts, at)
-            query, item = rows[:, 0].astype(np.int64), rows[:, 1].astype(np.int64)
+            query, item, _, _ = self._nearest(thumbs[at:at + QUERY_CHUNK], k, CANDIDATE_GATE, shifts)
+            query = query + at
             other = query != item
             query, item = query[other], item[other]
-            found.append(np.unique(np.minimum(query, item) * n + np.maximum(query, item)))
-        pair_keys = np.unique(np.concatenate(found))
+            found.append(_distinct(np.minimum(query, item) * n + np.maximum(query, item)))
+        pair_keys = _distinct(np.concatenate(found))
         return np.stack([pair_keys // n, pair_keys % n], axis=1)
 
     def _search(self, thumbs, k, within, shifts, offset) -> np.ndarray:
-        found = []
-        for dx, dy, probe in keys(thumbs, shifts):  # moved at 32 px, then pooled: half-pixel steps at 8 px
+        query, item, move, dist = self._nearest(thumbs, k, within, shifts)
+        moves = np.asarray(shifts, dtype=np.float64).reshape(-1, 2)[move]
+        return np.stack([query + offset, item, moves[:, 0], moves[:, 1], dist], axis=1)
+
+    def _nearest(self, thumbs, k, within, shifts):
+        """Per query (a row of `thumbs`), its k + PROBE_NEAREST closest items over all moved probes, closest first
+        (ties: smaller item), each with the probe that came closest (ties: the earlier in `shifts`): arrays
+        (query, item, move number, distance). Made on a (queries × hits) table, one row per query, so every step is
+        one vectorised pass: sorting the hits of all queries as one long list took a quarter of the search's time."""
+        columns, moves, dists = [], [], []
+        for number, (dx, dy, probe) in enumerate(keys(thumbs, shifts)):  # half-pixel steps at 8 px
             nearest_k = min(k if (dx, dy) == (0, 0) else PROBE_NEAREST, len(self))
             squared, nearest = self.index.search(probe, nearest_k)
-            close = (nearest.ravel() >= 0) & (squared.ravel() / 2 <= within)  # unit vectors: |a - b|^2 = 2 (1 - corr)
-            rows = np.repeat(np.arange(len(thumbs)), nearest_k)[close] + offset
-            found.append(np.stack([rows, nearest.ravel()[close], np.full(len(rows), dx), np.full(len(rows), dy),
-                                   squared.ravel()[close] / 2], axis=1))
-        rows = np.concatenate(found)
-        if not len(rows):
-            return rows
-        rows = rows[np.lexsort((rows[:, 4], rows[:, 1], rows[:, 0]))]
-        rows = rows[np.r_[True, (np.diff(rows[:, 0]) != 0) | (np.diff(rows[:, 1]) != 0)]]
-        rows = rows[np.lexsort((rows[:, 4], rows[:, 0]))]  # per query, closest first; keep the k + PROBE_NEAREST best
-        start = np.searchsorted(rows[:, 0], rows[:, 0], side="left")
-        return rows[np.arange(len(rows)) - start < k + PROBE_NEAREST]
+            dist = squared / 2  # unit vectors: |a - b|^2 = 2 (1 - corr)
+            close = (nearest >= 0) & (dist <= within)
+            columns.append(np.where(close, nearest, -1))
+            dists.append(np.where(close, dist, np.inf).astype(np.float32))
+            moves.append(np.full(nearest.shape, number, np.int16))
+        item, dist, move = np.concatenate(columns, 1), np.concatenate(dists, 1), np.concatenate(moves, 1)
+        missing = np.int64(np.iinfo(np.int64).max)
+        item = np.where(item >= 0, item, missing)
+        # each item once per query, at its closest probe (ties: the earlier probe, i.e. the earlier column)
+        order = np.lexsort((dist, item), axis=1)  # stable: equal distances keep their column order
+        item, dist, move = (np.take_along_axis(a, order, 1) for a in (item, dist, move))
+        again = np.zeros(item.shape, bool)
+        again[:, 1:] = item[:, 1:] == item[:, :-1]
+        dist = np.where(again | (item == missing), np.inf, dist)
+        # then closest first (ties: the smaller item), k + PROBE_NEAREST per query
+        order = np.argsort(dist, axis=1, kind="stable")[:, :k + PROBE_NEAREST]  # stable: the smaller item first
+        item, dist, move = (np.take_along_axis(a, order, 1) for a in (item, dist, move))
+        kept = np.isfinite(dist)
+        query = np.broadcast_to(np.arange(len(thumbs))[:, None], item.shape)
+        return query[kept], item[kept], move[kept], dist[kept].astype(np.float64)
 
     def __len__(self) -> int:
         return self.index.ntotal
+
+
+def _distinct(values: np.ndarray) -> np.ndarray:
+    "The distinct values, sorted: `np.unique` by one radix sort (numpy's hashing unique is ten times slower here)."
+    values = np.sort(values, kind="stable")
+    return values[np.r_[True, values[1:] != values[:-1]]] if len(values) else values
 
 
 def _correlation(a, b, inside):
@@ -288,36 +311,73 @@ def _whole_pixel_search(a, b, centre: np.ndarray, reach: int, margin: int = MARG
     return best, where
 
 
-def _align_pairs(a32: np.ndarray, b32: np.ndarray, scale: np.ndarray, gate: float, hint: np.ndarray | None) -> np.ndarray:
-    """Distance of each pair: a whole-pixel search at 32 px (around `hint`, the pair's best offset at 8 px, or
-    widely without one), then, for pairs within `gate`, a half-pixel one around the best."""
+def _align_same_frame(raw_a: np.ndarray, raw_b: np.ndarray, gate: float, hint: np.ndarray | None) -> np.ndarray:
+    """Distance of each pair of same-frame thumbnails (unsmoothed; resized, moved, re-lit, ... copies): a whole-pixel
+    search at 16 px, then at 32 px for pairs close there (around `hint`, the pair's best offset at 8 px, or widely
+    without one), then, for pairs within `gate`, a half-pixel one around the best. Only the pairs that get past
+    16 px are smoothed at 32 px: about a fifth of them, and smoothing every pair was an eighth of the audit."""
+    import torch
+
+    centre = np.zeros((len(raw_a), 2)) if hint is None else hint
+    # At 16 px first (a sixteenth of the work): pairs that are far apart there are no copies at any threshold
+    at16, _ = _whole_pixel_search(torch.from_numpy(_smoothed16(raw_a)), torch.from_numpy(_smoothed16(raw_b)),
+                                  np.round(centre / 2), 2 if hint is None else 1, margin=MARGIN // 2)
+    rough, coarse = at16.clone(), torch.zeros(len(raw_a), 2)
+    wanted = torch.nonzero((at16 <= PREFILTER) | (at16 <= gate)).flatten().numpy()  # all that is used at 32 px
+    if not len(wanted):
+        return rough.numpy()
+    a, b = torch.from_numpy(_smoothed(raw_a[wanted])), torch.from_numpy(_smoothed(raw_b[wanted]))
+    close = torch.nonzero(at16[wanted] <= PREFILTER).flatten()  # positions in `wanted`
+    if len(close):
+        rows = torch.from_numpy(wanted)[close]
+        rough[rows], coarse[rows] = _whole_pixel_search(a[close], b[close], centre[rows.numpy()],
+                                                        4 if hint is None else 1)
+    return _refine(a, b, torch.ones(len(wanted), 2), rough, coarse, gate, wanted)
+
+
+def _align_crop(a32: np.ndarray, b32: np.ndarray, scale: np.ndarray, gate: float) -> np.ndarray:
+    """Distance of each pair where b (smoothed, as a) may be a crop of a, `scale` the size of b's pixels in a's: the
+    smaller image may sit anywhere in the room the crop left; search at 16 px, then at 32, then half pixels."""
     import torch
 
     a, b = torch.from_numpy(a32), torch.from_numpy(b32)
-    if (scale == 1).all():
-        centre = np.zeros((len(a32), 2)) if hint is None else hint
-        # At 16 px first (a sixteenth of the work): pairs that are far apart there are no copies at any threshold
-        at16, _ = _whole_pixel_search(torch.from_numpy(pooled(a32, 16)), torch.from_numpy(pooled(b32, 16)),
-                                      np.round(centre / 2), 2 if hint is None else 1, margin=MARGIN // 2)
-        rough = at16.clone()
-        coarse = torch.zeros(len(a32), 2)
-        close = torch.nonzero(at16 <= PREFILTER).flatten()
-        if len(close):
-            rough[close], coarse[close] = _whole_pixel_search(a[close], b[close], centre[close.numpy()],
-                                                              4 if hint is None else 1)
-    else:  # a crop: the smaller image may sit anywhere in the room the crop left; search at 16 px, then at 32
-        reach = COARSE_SHIFT + int(np.ceil((1 - scale.min()) * 8))
-        ratio = torch.from_numpy(scale.astype(np.float32))
-        _, at16 = _best_whole_alignment(torch.from_numpy(pooled(a32, 16)), torch.from_numpy(pooled(b32, 16)), ratio,
-                                        torch.zeros(len(a32), 2), reach)
-        rough, coarse = _best_whole_alignment(a, b, ratio, 2 * at16, 1)
+    reach = COARSE_SHIFT + int(np.ceil((1 - scale.min()) * 8))
+    ratio = torch.from_numpy(scale.astype(np.float32))
+    _, at16 = _best_whole_alignment(torch.from_numpy(pooled(a32, 16)), torch.from_numpy(pooled(b32, 16)), ratio,
+                                    torch.zeros(len(a32), 2), reach)
+    rough, coarse = _best_whole_alignment(a, b, ratio, 2 * at16, 1)
+    return _refine(a, b, ratio, rough, coarse, gate, np.arange(len(a32)))
+
+
+def _refine(a, b, ratio, rough, coarse, gate: float, rows: np.ndarray) -> np.ndarray:
+    """The half-pixel search around `coarse` for the pairs within `gate` after the whole-pixel one. a, b, ratio: the
+    thumbnails and scales of the pairs `rows` (of rough's and coarse's); the others keep their rough distance."""
+    import torch
+
     dist = rough.clone()
-    near = torch.nonzero(rough <= gate).flatten()  # only pairs that may be copies are worth the finer search
+    near = torch.nonzero(rough[rows] <= gate).flatten()  # positions in rows: only pairs that may be copies
     if len(near):
-        ratio = torch.from_numpy(scale[near.numpy()].astype(np.float32))
-        dist[near], _ = _best_alignment(a[near], b[near], ratio, coarse[near], _grid(0.5, 0.5))
-        dist[near] = torch.minimum(dist[near], rough[near])
+        at = torch.from_numpy(rows)[near]
+        fine, _ = _best_alignment(a[near], b[near], ratio[near], coarse[at], _grid(0.5, 0.5))
+        dist[at] = torch.minimum(fine, rough[at])
     return dist.numpy()
+
+
+def _smoothed16(thumbs: np.ndarray) -> np.ndarray:
+    """`pooled(_smoothed(thumbs), 16)`, the same numbers, made at 16 px straight from the uint8 thumbnails: the
+    [1, 2, 1] blur and the 2x2 mean are whole-number sums (at most 64 x 255 fits int16), divided by 64 at the end."""
+    import torch
+
+    if thumbs.dtype != np.uint8:
+        return pooled(_smoothed_float(thumbs), 16)
+    x = torch.from_numpy(np.ascontiguousarray(thumbs)).to(torch.int16)
+    rows = x * 4
+    rows[:, 1:-1, :] = x[:, :-2, :] + x[:, 2:, :] + 2 * x[:, 1:-1, :]
+    rows = rows[:, 0::2, :] + rows[:, 1::2, :]
+    out = rows * 4
+    out[:, :, 1:-1] = rows[:, :, :-2] + rows[:, :, 2:] + 2 * rows[:, :, 1:-1]
+    out = out[:, :, 0::2] + out[:, :, 1::2]
+    return (out.to(torch.float32) * (1 / 64)).numpy()
 
 
 def _smoothed(thumbs: np.ndarray) -> np.ndarray:
@@ -364,17 +424,16 @@ def pair_distances(thumbs_a: np.ndarray, sizes_a: np.ndarray, thumbs_b: np.ndarr
             part = order[start:start + BATCH]
             a, b = thumbs_a[part], thumbs_b[part]
             size_a, size_b = sizes_a[part].astype(np.float64), sizes_b[part].astype(np.float64)
-            a, b = _smoothed(a), _smoothed(b)
-            dist = _align_pairs(a, b, np.ones((len(a), 2)), gate, None if hint is None else hint[part])
+            dist = _align_same_frame(a, b, gate, None if hint is None else hint[part])
             swap = (size_b[:, 0] * size_b[:, 1]) > (size_a[:, 0] * size_a[:, 1])  # the larger image gives the frame
             big, small = np.where(swap[:, None], size_b, size_a), np.where(swap[:, None], size_a, size_b)
             ratio = small / np.maximum(big, 1)
             crop = (ratio >= CROP_RANGE[0]).all(axis=1) & (ratio < CROP_RANGE[1]).any(axis=1) & (ratio <= 1).all(axis=1)
             if crop.any():
                 rows = np.flatnonzero(crop)
-                frame = np.where(swap[rows, None, None], b[rows], a[rows])
-                inner = np.where(swap[rows, None, None], a[rows], b[rows])
-                dist[rows] = np.minimum(dist[rows], _align_pairs(frame, inner, ratio[rows], gate, None))
+                frame = _smoothed(np.where(swap[rows, None, None], b[rows], a[rows]))
+                inner = _smoothed(np.where(swap[rows, None, None], a[rows], b[rows]))
+                dist[rows] = np.minimum(dist[rows], _align_crop(frame, inner, ratio[rows], gate))
             out[part] = dist
     return out
 
