@@ -369,21 +369,33 @@ def _refine(a, b, ratio, rough, coarse, gate: float, rows: np.ndarray) -> np.nda
     return dist.numpy()
 
 
+def _blur_and_pool(side: int = THUMB) -> np.ndarray:
+    """The (side/2 x side) matrix M with M X M^T = 64 x `pooled(_smoothed(X), side/2)`: the [1, 2, 1] blur (edge rows
+    kept, times 4) followed by the sum of each two rows. All whole numbers."""
+    blur = np.zeros((side, side), np.float32)
+    for k in range(1, side - 1):
+        blur[k, k - 1:k + 2] = (1, 2, 1)
+    blur[0, 0] = blur[-1, -1] = 4
+    pool = np.zeros((side // 2, side), np.float32)
+    for r in range(side // 2):
+        pool[r, 2 * r:2 * r + 2] = 1
+    return pool @ blur
+
+
 def _smoothed16(thumbs: np.ndarray) -> np.ndarray:
-    """`pooled(_smoothed(thumbs), 16)`, the same numbers, made at 16 px straight from the uint8 thumbnails: the
-    [1, 2, 1] blur and the 2x2 mean are whole-number sums (at most 64 x 255 fits int16), divided by 64 at the end."""
+    """`pooled(_smoothed(thumbs), 16)`, the same numbers, made at 16 px straight from the uint8 thumbnails as
+    M X M^T / 64 (`_blur_and_pool`): on whole-number pixels every partial sum is a whole number below 2^24, so
+    float32 matrix products are exact in any order, and two small products beat the blur's many passes."""
     import torch
 
-    if thumbs.dtype != np.uint8:
-        return pooled(_smoothed_float(thumbs), 16)
-    x = torch.from_numpy(np.ascontiguousarray(thumbs)).to(torch.int16)
-    rows = x * 4
-    rows[:, 1:-1, :] = x[:, :-2, :] + x[:, 2:, :] + 2 * x[:, 1:-1, :]
-    rows = rows[:, 0::2, :] + rows[:, 1::2, :]
-    out = rows * 4
-    out[:, :, 1:-1] = rows[:, :, :-2] + rows[:, :, 2:] + 2 * rows[:, :, 1:-1]
-    out = out[:, :, 0::2] + out[:, :, 1::2]
-    return (out.to(torch.float32) * (1 / 64)).numpy()
+    if thumbs.dtype != np.uint8 or thumbs.shape[-1] != THUMB:
+        return pooled(_smoothed_float(thumbs) if thumbs.dtype != np.uint8 else _smoothed(thumbs), thumbs.shape[-1] // 2)
+    m = torch.from_numpy(_BLUR_AND_POOL)
+    x = torch.from_numpy(np.ascontiguousarray(thumbs)).to(torch.float32)
+    return (torch.matmul(torch.matmul(m, x), m.T) * (1 / 64)).numpy()
+
+
+_BLUR_AND_POOL = _blur_and_pool()
 
 
 def _smoothed(thumbs: np.ndarray) -> np.ndarray:
