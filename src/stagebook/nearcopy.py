@@ -42,7 +42,7 @@ CROP_RANGE = (0.8, 1.0)    # size ratios at which one image may be a crop of the
 MIN_OVERLAP = 0.4          # of the larger image's thumbnail, for a correlation to count
 BATCH = 4096               # pairs aligned at once
 GATE_FOR = 0.03            # the highest threshold `near_threshold: auto` may choose (calibration.THRESHOLD_RANGE)
-PAIR_CHUNK = 65536         # pairs whose thumbnails are gathered at once (64 MB each side)
+PAIR_CHUNK = 16384         # pairs whose thumbnails are gathered at once (16 MB each side)
 
 
 def thumbnail(gray: Image.Image) -> np.ndarray:
@@ -463,7 +463,7 @@ def best_offsets(keys_a: np.ndarray, thumbs_b: np.ndarray, rows_a: np.ndarray, r
     8 px: where alignment starts. A function of the two images alone (not of which probe found the pair), so a pair's
     verified distance is the same in every audit of every collection, and an audit can reuse the one it remembers.
     Each b's moved keys are made once, `block` images at a time."""
-    out = np.zeros((len(rows_a), 2))
+    out = np.zeros((len(rows_a), 2), np.int8)  # moves are -4..4: a byte each, not 8 (millions of pairs)
     if not len(rows_a):
         return out
     order = np.argsort(rows_b, kind="stable")
@@ -474,7 +474,7 @@ def best_offsets(keys_a: np.ndarray, thumbs_b: np.ndarray, rows_a: np.ndarray, r
         local = np.searchsorted(unique_b[at:at + block], rows_b[part])
         key_a = keys_a[rows_a[part]]
         best = np.full(len(part), -np.inf, np.float32)
-        where = np.zeros((len(part), 2))
+        where = np.zeros((len(part), 2), np.int8)
         for dx, dy, moved in keys(thumbs_b[unique_b[at:at + block]], SHIFTS_BY_SIZE):
             corr = np.einsum("ij,ij->i", key_a, moved[local])
             better = corr > best + 1e-6  # a tie keeps the smaller move
@@ -501,7 +501,7 @@ def near_pairs(thumbs: np.ndarray, sizes: np.ndarray, threshold: float, neighbou
     gate = coarse_gate(threshold)
     dist = memo.lookup(i, j, gate) if memo is not None else np.full(len(i), np.nan, np.float32)
     todo = np.flatnonzero(np.isnan(dist))
-    hint = np.zeros((len(i), 2))
+    hint = np.zeros((len(i), 2), np.int8)
     hint[todo] = best_offsets(index.points, thumbs, i[todo], j[todo])  # where alignment starts: the pair's
     todo = todo[np.lexsort((hint[todo, 1], hint[todo, 0]))]  # same offsets together (see pair_distances)
     for start in range(0, len(todo), PAIR_CHUNK):  # the pairs' thumbnails gathered a chunk at a time, not all at once
