@@ -389,7 +389,7 @@ def _smoothed16(thumbs: np.ndarray) -> np.ndarray:
     import torch
 
     if thumbs.dtype != np.uint8 or thumbs.shape[-1] != THUMB:
-        return pooled(_smoothed_float(thumbs) if thumbs.dtype != np.uint8 else _smoothed(thumbs), thumbs.shape[-1] // 2)
+        return pooled(_smoothed(thumbs), 16)
     m = torch.from_numpy(_BLUR_AND_POOL)
     x = torch.from_numpy(np.ascontiguousarray(thumbs)).to(torch.float32)
     return (torch.matmul(torch.matmul(m, x), m.T) * (1 / 64)).numpy()
