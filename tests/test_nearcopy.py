@@ -155,7 +155,7 @@ def test_the_integer_blur_gives_exactly_the_float_blur():
 
 def test_the_blur_made_at_16_px_is_the_blur_pooled():
     thumbs = np.random.default_rng(6).integers(0, 256, (300, 32, 32), dtype=np.uint8)
-    thumbs[:5] = 255  # the largest sums: 64 x 255 must not overflow int16
+    thumbs[:5] = 255  # the largest sums: 64 x 255 must stay exact in float32
     direct = nearcopy._smoothed16(thumbs)
     assert direct.dtype == np.float32 and np.array_equal(direct, nearcopy.pooled(nearcopy._smoothed(thumbs), 16))
 
