@@ -114,6 +114,44 @@ def test_a_changed_file_is_audited_again_and_a_deleted_one_leaves_no_trace(colle
     assert paired and "imgs/photo40/copy_shift.png" not in paired
 
 
+def _settle(root: Path) -> None:
+    "Give every image the same modification time in 2023, as files that arrived before today's audit have."
+    import os
+    for path in (root / "imgs").rglob("*"):
+        os.utime(path, (1_700_000_000, 1_700_000_000))
+
+
+def test_unchanged_files_are_not_read_again_and_a_changed_or_touched_one_is(collection: Path, tmp_path: Path):
+    import os
+    root = _copy(collection, tmp_path)
+    cache = root / "cache"
+    _settle(root)
+    first = _audit(root, cache)
+    assert first.reuse["files_unread"] == 0  # nothing was known yet
+    again = _audit(root, cache)
+    assert again.reuse["files_unread"] == len(first.items) and again.reuse["files_decoded"] == 0
+    _same(again, first)
+    # other bytes of the same length (a broken file now) and a touched file whose bytes are the same
+    changed, touched = root / "imgs" / "photo24" / "005.png", root / "imgs" / "digits" / "010.png"
+    data = bytearray(changed.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    changed.write_bytes(bytes(data))
+    os.utime(touched)
+    third = _audit(root, cache)
+    assert third.reuse["files_unread"] == len(first.items) - 2 and third.reuse["files_decoded"] == 1
+    rows = third.items.set_index("path")
+    assert rows.loc["imgs/photo24/005.png", "sha256"] == _sha(changed) != first.items.set_index("path").loc[
+        "imgs/photo24/005.png", "sha256"]
+    _same(third, _audit(root, None))
+    # the data folder moved: manifest paths, sizes and times are the same, so nothing is read again
+    _settle(root)
+    fourth = _audit(root, cache)
+    root.rename(tmp_path / "moved")
+    moved = _audit(tmp_path / "moved", cache.parent.parent / "moved" / "cache")
+    assert fourth.reuse["files_unread"] == len(first.items) - 2 and moved.reuse["files_unread"] == len(first.items)
+    _same(moved, fourth)
+
+
 def test_a_damaged_cache_costs_time_not_correctness(collection: Path, tmp_path: Path):
     root = _copy(collection, tmp_path)
     cache = root / "cache"

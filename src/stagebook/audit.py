@@ -200,14 +200,15 @@ class AuditResult:
     items: pd.DataFrame
     near_pairs: pd.DataFrame
     self_test: calibration.SelfTest | None = None
-    reuse: dict | None = None       # with a cache: files decoded / taken from it, pairs verified / remembered
+    reuse: dict | None = None       # with a cache: files decoded / taken from it / not read, pairs verified / remembered
     seconds: dict | None = None     # where the time went: decode, index, self_test, pairs, clusters
     peak_mib: dict | None = None    # this process's peak memory at the end of each of those steps
 
     def reuse_sentence(self) -> str:
         r = self.reuse
         return "" if not r else (f"audit cache: {r['files_decoded']} file(s) decoded, {r['files_cached']} taken from the"
-                                 f" cache; {r['pairs_verified']} pair(s) verified, {r['pairs_remembered']} remembered")
+                                 f" cache ({r.get('files_unread', 0)} unchanged on disk, not read again);"
+                                 f" {r['pairs_verified']} pair(s) verified, {r['pairs_remembered']} remembered")
 
     def summary(self, min_class_items: int) -> dict:
         usable = self.items[self.items.status == "ok"]
@@ -253,8 +254,11 @@ def audit(manifest: pd.DataFrame, root: Path, near_threshold="auto", neighbours:
     where per-file results and verified pair distances are kept (`stagebook.auditcache`): a re-run decodes only new or
     changed files and verifies only new pairs, and gives the same result as an audit without it. `report(text)`:
     where the audit has got, for a person watching (stage 01 passes `stage.progress`)."""
-    from .auditcache import FileCache, PairMemo
+    import time
 
+    from .auditcache import FileCache, PairMemo, stat_keys
+
+    began_ns = time.time_ns()
     threshold = parse_threshold(near_threshold)
     clock = _Clock()
     paths = [str(root / p) for p in manifest.path]
@@ -264,10 +268,25 @@ def audit(manifest: pd.DataFrame, root: Path, near_threshold="auto", neighbours:
     thumbs_of = np.zeros((len(paths), nearcopy.THUMB, nearcopy.THUMB), np.uint8)
     new = []
     report = report or (lambda text: None)
-    every = max(1, len(paths) // 50)
-    for at, found in inspect_all(paths, workers=workers, progress=progress, known=files.known() if files else ()):
-        if at % every == 0:
-            report(f"audit: {at:,}/{len(paths):,} images decoded")
+    # Files unchanged on disk since the cache saw them are not read at all: their results come from the cache.
+    stats = stat_keys(paths, list(manifest.path)) if files else None
+    unchanged = files.recall(stats[0]) if files else [None] * len(paths)
+    todo = [at for at, sha in enumerate(unchanged) if sha is None]
+    if len(todo) < len(paths):
+        kept = [at for at, sha in enumerate(unchanged) if sha is not None]
+        shas = [unchanged[at] for at in kept]
+        fields, thumbs_of[kept] = files.take(shas)
+        for key, values in [("sha256", shas), *fields.items()]:
+            column = columns[key]
+            for at, value in zip(kept, values):
+                column[at] = value
+    every = max(1, len(todo) // 50)
+    unread = "" if len(todo) == len(paths) else f" ({len(paths) - len(todo):,} unchanged, not read)"
+    for done, found in inspect_all([paths[at] for at in todo], workers=workers, progress=progress,
+                                   known=files.known() if files else ()):
+        at = todo[done]
+        if done % every == 0:
+            report(f"audit: {done:,}/{len(todo):,} images decoded{unread}")
         if files is not None and found.sha256 in files and found.thumb is None and found.status == "":
             fields, thumb = files.get(found.sha256)
             found = Inspection(found.sha256, **fields)
@@ -311,7 +330,7 @@ def audit(manifest: pd.DataFrame, root: Path, near_threshold="auto", neighbours:
         if memo is not None:
             memo.write()
     if files is not None:
-        files.write(new, set(items.sha256))
+        files.write(new, set(items.sha256), (*stats, columns["sha256"], began_ns))
     # Every usable item joins its pixel representative's star cluster; exact copies are joined by their bytes too.
     cluster_of = np.arange(len(items)) + len(reps)
     cluster_of[ok] = component[rep_of.loc[items.pixel_sha256.to_numpy()[ok]].to_numpy()]
@@ -321,6 +340,7 @@ def audit(manifest: pd.DataFrame, root: Path, near_threshold="auto", neighbours:
     chained = connected_clusters(len(items), edges + [near[["i", "j"]].to_numpy(dtype=np.int64)])
     items["near_unit"] = stable_cluster_ids(chained, items.sha256).str.replace("dup:", "near:", regex=False)
     reuse = None if files is None else {"files_decoded": len(new), "files_cached": len(items) - len(new),
+                                        "files_unread": len(paths) - len(todo),
                                         "pairs_verified": memo.verified if memo else 0,
                                         "pairs_remembered": memo.remembered if memo else 0}
     clock.lap("clusters")

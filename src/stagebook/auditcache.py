@@ -1,9 +1,13 @@
 """What an audit remembers between runs, so a re-run costs about the new images, with the same result.
 
-Two tables in one folder (stage 01 keeps it in `data/audit_cache/`, a persistent DVC output):
+Three tables in one folder (stage 01 keeps it in `data/audit_cache/`, a persistent DVC output):
 - per file, keyed by its sha256: status, conversion, size, pixel hash, colour and the 32-px thumbnail, i.e.
   everything decoding found. A changed file has a new sha256 and is decoded again; a file that is gone is simply
   not asked for, and drops out of the cache at the next compaction.
+- per file path, size and modification time: the sha256 it had, so an unchanged file is not even read again (git's
+  and DVC's assumption: a file rewritten keeps neither its time nor, mostly, its size). Only files that were last
+  changed well before the audit began are kept (`SETTLED_NS`), so a file changed while it was being read, or just
+  after within the clock's resolution, is read again next time.
 - per verified candidate pair, keyed by both pixel hashes and the verification's gate: the distance. Verification is
   a pure function of those (it starts from the pair's own best offset, `nearcopy.best_offsets`, not from whichever
   probe found the pair), so a remembered distance is the one a full audit computes, in any collection.
@@ -22,8 +26,10 @@ from .errors import StagebookError
 from .iorw import atomic_write_bytes
 
 FILES = "files-{:04d}.npz"
+STATS = "stats-v1.npz"    # (path, size, mtime) -> sha256
 PAIRS = "pairs-v2.npz"    # v2: verification starts from the pair's own best offset, not the probe's (no hint in the key)
 MAX_SHARDS = 8            # more shards than this, or a quarter of the entries stale: rewrite as one
+SETTLED_NS = 2_000_000_000  # a file changed less than 2 s before an audit began is read again by the next one
 FIELDS = ("status", "converted", "width", "height", "pixel_sha256", "colour")
 
 
@@ -51,8 +57,26 @@ def check_folder(folder: Path) -> Path:
     return folder
 
 
+def stat_keys(paths: list[str], names: list[str]) -> tuple[np.ndarray, np.ndarray]:
+    """Per file (its path on disk, and its manifest path `names`): a 64-bit key of (manifest path, size, mtime in ns)
+    and the mtime; (0, -1) where it cannot be stat'ed. The manifest path, not the disk path, so the data folder may
+    move."""
+    import hashlib
+
+    key, mtime = np.zeros(len(paths), np.uint64), np.full(len(paths), -1, np.int64)
+    for at, (path, name) in enumerate(zip(paths, names)):
+        try:
+            st = os.stat(path)
+        except OSError:
+            continue
+        text = f"{name}\0{st.st_size}\0{st.st_mtime_ns}".encode()
+        key[at] = int.from_bytes(hashlib.blake2b(text, digest_size=8).digest(), "little") or 1
+        mtime[at] = st.st_mtime_ns
+    return key, mtime
+
+
 class FileCache:
-    "Per-file inspection results by sha256, in append-only shards."
+    "Per-file inspection results by sha256, in append-only shards; and which sha256 each unchanged file had."
 
     def __init__(self, folder: Path):
         self.folder = check_folder(folder)
@@ -66,6 +90,42 @@ class FileCache:
                 continue
         self.where = {sha: (t, row) for t, table in enumerate(self.tables) for row, sha in enumerate(table["sha256"])}
         self.stored = len(self.where)
+        self.stat_key, self.stat_sha = np.empty(0, np.uint64), np.empty((0, 32), np.uint8)
+        try:
+            with np.load(self.folder / STATS, allow_pickle=False) as data:
+                key, sha = data["key"], data["sha256"]
+            if key.dtype == np.uint64 and sha.dtype == np.uint8 and sha.shape == (len(key), 32):
+                self.stat_key, self.stat_sha = key, sha
+        except (OSError, ValueError, KeyError):  # none yet, or damaged: those files are read again
+            pass
+
+    def recall(self, keys: np.ndarray) -> list[str | None]:
+        "Per stat key (`stat_keys`), the sha256 its file had when last audited, if it is unchanged and cached; else None."
+        out: list[str | None] = [None] * len(keys)
+        if not len(self.stat_key) or not len(keys):
+            return out
+        at = np.clip(np.searchsorted(self.stat_key, keys), 0, len(self.stat_key) - 1)
+        for row in np.flatnonzero((self.stat_key[at] == keys) & (keys != 0)):
+            sha = self.stat_sha[at[row]].tobytes().hex()
+            if sha in self.where:
+                out[row] = sha
+        return out
+
+    def take(self, shas: list[str]) -> tuple[dict[str, list], np.ndarray]:
+        "Fields (lists of Python values, as `get` gives them) and thumbnails of these cached files, in the order given."
+        where = np.array([self.where[sha] for sha in shas], np.int64).reshape(-1, 2)
+        fields = {k: [None] * len(shas) for k in FIELDS}
+        thumbs = np.zeros((len(shas), 32, 32), np.uint8)
+        for t, table in enumerate(self.tables):
+            mine = np.flatnonzero(where[:, 0] == t)
+            if not len(mine):
+                continue
+            rows = where[mine, 1]
+            thumbs[mine] = table["thumb"][rows]
+            for k in FIELDS:
+                for at, value in zip(mine.tolist(), table[k][rows].tolist()):
+                    fields[k][at] = value
+        return fields, thumbs
 
     def __contains__(self, sha: str) -> bool:
         return sha in self.where
@@ -78,10 +138,14 @@ class FileCache:
         table = self.tables[t]
         return {k: table[k][row].item() for k in FIELDS}, table["thumb"][row]
 
-    def write(self, new: list, current: set[str]) -> None:
+    def write(self, new: list, current: set[str], stats: tuple | None = None) -> None:
         """Store the newly inspected files (`Inspection`s); compact into one shard when there are many shards or
-        many entries for files no longer in the collection (`current`: the sha256s audited this time)."""
+        many entries for files no longer in the collection (`current`: the sha256s audited this time). `stats`:
+        (stat keys, mtimes, sha256s, when the audit began in ns) of this audit's files, kept for those that had
+        settled by then."""
         self.folder.mkdir(parents=True, exist_ok=True)
+        if stats is not None:
+            self._write_stats(*stats)
         stale = sum(1 for sha in self.where if sha not in current)
         compact = len(self.shards) + 1 > MAX_SHARDS or stale > 0.25 * max(1, self.stored)
         rows = list({f.sha256: _row(f) for f in reversed(new)}.values())  # one row per content
@@ -98,6 +162,13 @@ class FileCache:
             for shard in self.shards:
                 if shard != target:
                     shard.unlink(missing_ok=True)
+
+
+    def _write_stats(self, keys: np.ndarray, mtimes: np.ndarray, shas: list[str], began_ns: int) -> None:
+        settled = np.flatnonzero((keys != 0) & (mtimes >= 0) & (mtimes < began_ns - SETTLED_NS))
+        keys, first = np.unique(keys[settled], return_index=True)
+        _save(self.folder / STATS, key=keys,
+              sha256=np.frombuffer(b"".join(bytes.fromhex(shas[settled[f]]) for f in first), np.uint8).reshape(-1, 32))
 
 
 def _row(found) -> tuple[str, dict, np.ndarray]:
