@@ -14,7 +14,7 @@ Three tables in one folder (stage 01 keeps it in `data/audit_cache/`, a persiste
 
 The candidate search itself runs over the whole collection every time (about 12 s per 100k images on 2 cores): it
 depends on the collection as a whole, and running it is what makes an incremental audit identical to a full one.
-A re-run after +10% images verifies about a third of its candidate pairs anew even so (the index is retrained on
+A re-run after +10% images verifies about half its candidate pairs anew even so (the index is retrained on
 the grown collection, and each image's top neighbours shift); training it on a stable sample (the smallest pixel
 hashes, a power-of-two list count, seeded from its first rows) raised the pairs remembered only from 66% to 76% at
 80k images, not enough to pay for results that would differ from today's.
