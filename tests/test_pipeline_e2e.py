@@ -15,8 +15,8 @@ from mlflow.tracking import MlflowClient
 
 from conftest import git
 
-from e2e import (all_runs, built_pipeline, children, copy_project, dvc_repro, ledger, pdf_text, pythonpath, set_params,
-                 stage_runs, stagebook)
+from e2e import (all_runs, built_pipeline, children, copy_project, dvc_repro, ledger_entries, pdf_text, pythonpath,
+                 set_params, stage_runs, stagebook)
 
 pytestmark = [pytest.mark.e2e, pytest.mark.usefixtures("warm_kernels")]
 
@@ -55,7 +55,7 @@ def test_first_repro_runs_every_stage_once_with_lineage(pipeline: Path):
     assert tags["05_error_analysis"]["stagebook.model_sha256"] == tags["04_tuning"]["stagebook.model_sha256"]
     # nothing was submitted: the sealed stage ran (its outputs exist) but read nothing
     assert "no model has been submitted" in tags["06_sealed_test"]["stagebook.ended"]
-    assert [e["event"] for e in ledger(pipeline)] == ["seal"]
+    assert [e["event"] for e in ledger_entries(pipeline)] == ["seal"]
     assert (pipeline / "dvc.lock").is_file()
 
 
@@ -192,7 +192,7 @@ def _wait_for(predicate, seconds: float = 120.0) -> None:
         time.sleep(0.2)
 
 
-def test_kill_9_underdvc_repro_loses_nothing_and_the_next_command_clears_the_ghost(project: Path):
+def test_kill_9_under_dvc_repro_loses_nothing_and_the_next_command_clears_the_ghost(project: Path):
     import signal
     outputs = ("metrics/04_tuning.json", "metrics/headline/04_tuning.json", "lineage/04_tuning.json", "models",
                "reports/04_tuning.pdf", "reports/04_tuning", "reports/executed/04_tuning.ipynb")
@@ -239,7 +239,7 @@ def _digests(root: Path, *paths: str) -> dict:
     return {p.relative_to(root).as_posix(): file_sha256(p) for p in files if p.is_file()}
 
 
-def test_a_stage_failing_underdvc_repro_keeps_its_last_good_outputs(project: Path):
+def test_a_stage_failing_under_dvc_repro_keeps_its_last_good_outputs(project: Path):
     outputs = ("metrics/03_literature_notes.json", "reports/03_literature_notes.pdf",
                "reports/executed/03_literature_notes.ipynb", "reports/03_literature_notes")
     before = _digests(project, *outputs)
