@@ -94,6 +94,20 @@ def pythonpath(root: Path):
         os.environ.pop("PYTHONPATH") if saved is None else os.environ.__setitem__("PYTHONPATH", saved)
 
 
+def module_copy(source: Path, dest: Path):
+    "A module's own copy of a shared project, its package importable while the module runs (for a fixture to yield from)."
+    root = copy_project(source, dest)
+    with pythonpath(root):
+        yield root
+
+
+def copy_for_test(source: Path, dest: Path, monkeypatch) -> Path:
+    "A test's own copy of a project, its package importable until the test ends."
+    root = copy_project(source, dest)
+    monkeypatch.setenv("PYTHONPATH", str(root / "src"))
+    return root
+
+
 def _shared(tmp_path_factory, name: str, build) -> Path:
     "`build(folder)` once per session, under a lock all xdist workers see; later callers get the same folder."
     from filelock import FileLock

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from e2e import built_evaluated, challenger, copy_project, ledger_entries, pdf_text, stagebook
+from e2e import built_evaluated, challenger, copy_for_test, ledger_entries, pdf_text, stagebook
 
 pytestmark = [pytest.mark.e2e, pytest.mark.usefixtures("warm_kernels")]
 
@@ -15,9 +15,7 @@ pytestmark = [pytest.mark.e2e, pytest.mark.usefixtures("warm_kernels")]
 @pytest.fixture
 def evaluated_copy(tmp_path_factory, tmp_path: Path, monkeypatch) -> Path:
     "A copy of the project after a submitted model was evaluated (`e2e.built_evaluated`), for this test to change."
-    root = copy_project(built_evaluated(tmp_path_factory), tmp_path / "project")
-    monkeypatch.setenv("PYTHONPATH", str(root / "src"))
-    return root
+    return copy_for_test(built_evaluated(tmp_path_factory), tmp_path / "project", monkeypatch)
 
 
 def test_promote_gate_predict_and_serve_follow_the_champion(evaluated_copy: Path):

@@ -9,8 +9,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from e2e import (built_evaluated, copy_project, ledger_entries, pdf_text, pythonpath, set_params, stage_runs,
-                 stagebook)
+from e2e import built_evaluated, copy_for_test, ledger_entries, module_copy, pdf_text, set_params, stage_runs, stagebook
 
 pytestmark = [pytest.mark.e2e, pytest.mark.usefixtures("warm_kernels")]
 
@@ -18,16 +17,12 @@ pytestmark = [pytest.mark.e2e, pytest.mark.usefixtures("warm_kernels")]
 @pytest.fixture(scope="module")
 def evaluated(tmp_path_factory) -> Path:
     "This module's copy of the project after a submitted model was evaluated (`e2e.built_evaluated`); read only."
-    root = copy_project(built_evaluated(tmp_path_factory), tmp_path_factory.mktemp("evaluated") / "project")
-    with pythonpath(root):
-        yield root
+    yield from module_copy(built_evaluated(tmp_path_factory), tmp_path_factory.mktemp("evaluated") / "project")
 
 
 @pytest.fixture
 def evaluated_copy(evaluated: Path, tmp_path: Path, monkeypatch) -> Path:
-    root = copy_project(evaluated, tmp_path / "project")
-    monkeypatch.setenv("PYTHONPATH", str(root / "src"))
-    return root
+    return copy_for_test(evaluated, tmp_path / "project", monkeypatch)
 
 
 def test_a_submitted_model_is_evaluated_once_and_its_identity_chains_back_to_stage_04(evaluated: Path):

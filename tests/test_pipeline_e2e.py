@@ -15,7 +15,7 @@ from mlflow.tracking import MlflowClient
 
 from conftest import git
 
-from e2e import (all_runs, built_pipeline, children, copy_project, dvc_repro, ledger_entries, pdf_text, pythonpath,
+from e2e import (all_runs, built_pipeline, children, copy_for_test, dvc_repro, ledger_entries, module_copy, pdf_text,
                  set_params, stage_runs, stagebook)
 
 pytestmark = [pytest.mark.e2e, pytest.mark.usefixtures("warm_kernels")]
@@ -24,17 +24,13 @@ pytestmark = [pytest.mark.e2e, pytest.mark.usefixtures("warm_kernels")]
 @pytest.fixture(scope="module")
 def pipeline(tmp_path_factory) -> Path:
     "This module's copy of the project run once end to end (`e2e.built_pipeline`); its tests only read it."
-    root = copy_project(built_pipeline(tmp_path_factory), tmp_path_factory.mktemp("e2e") / "project")
-    with pythonpath(root):
-        yield root
+    yield from module_copy(built_pipeline(tmp_path_factory), tmp_path_factory.mktemp("e2e") / "project")
 
 
 @pytest.fixture
 def project(pipeline: Path, tmp_path: Path, monkeypatch) -> Path:
     "A fresh copy of the run pipeline for a test that changes things, so no test depends on another's leftovers."
-    root = copy_project(pipeline, tmp_path / "project")
-    monkeypatch.setenv("PYTHONPATH", str(root / "src"))
-    return root
+    return copy_for_test(pipeline, tmp_path / "project", monkeypatch)
 
 
 def test_first_repro_runs_every_stage_once_with_lineage(pipeline: Path):

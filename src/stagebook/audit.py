@@ -293,8 +293,8 @@ def audit(manifest: pd.DataFrame, root: Path, near_threshold="auto", neighbours:
             found.thumb = thumb
         elif files is not None:
             new.append(found)
-        for key in columns:
-            columns[key][at] = getattr(found, key)
+        for key, column in columns.items():
+            column[at] = getattr(found, key)
         if found.thumb is not None:
             thumbs_of[at] = found.thumb
     items = manifest.copy().reset_index(drop=True)
