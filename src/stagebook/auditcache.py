@@ -167,8 +167,8 @@ class FileCache:
                 if shard != target:
                     shard.unlink(missing_ok=True)
 
-
     def _write_stats(self, keys: np.ndarray, mtimes: np.ndarray, shas: list[str], began_ns: int) -> None:
+        "The stat table of this audit's files that had settled when it began (it replaces the last one: gone files go)."
         settled = np.flatnonzero((keys != 0) & (mtimes >= 0) & (mtimes < began_ns - SETTLED_NS))
         keys, first = np.unique(keys[settled], return_index=True)
         _save(self.folder / STATS, key=keys,
