@@ -48,3 +48,24 @@ def test_natural_tiles_are_distinct_and_not_flat():
     assert min(a.std() for a in arrays) >= 12
     assert len({t.tobytes() for t in tiles}) == len(tiles)
     assert {t.mode for t in tiles} == {"L", "RGB"}
+
+
+def test_natural_tiles_share_no_pixel_of_their_photographs():
+    "Distinct originals by provenance: no two tiles come from overlapping regions, across all scales."
+    tiles = planting.natural_tiles(64, 10_000, seed=2)
+    assert len(tiles) > 300
+    sizes = {round((box[2] - box[0]) / 64, 1) for _, _, box in tiles}
+    assert len(sizes) > 2  # tiles of several scales, so overlaps across scales were possible
+    by_photo = {}
+    for _, photo, box in tiles:
+        by_photo.setdefault(photo, []).append(box)
+    for boxes in by_photo.values():
+        b = np.array(boxes)
+        top, left, bottom, right = (b[:, k] for k in range(4))
+        overlap = ((np.maximum(top[:, None], top[None]) < np.minimum(bottom[:, None], bottom[None]))
+                   & (np.maximum(left[:, None], left[None]) < np.minimum(right[:, None], right[None])))
+        assert overlap.sum() == len(b)  # each box overlaps only itself
+
+
+def test_turned_photographs_give_more_tiles():
+    assert len(planting.natural_images(32, 10_000, turns=4)) > 3 * len(planting.natural_images(32, 10_000))

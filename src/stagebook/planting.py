@@ -107,24 +107,55 @@ def digit_images(side: int) -> list[Image.Image]:
             for p in pixels]
 
 
-def natural_images(side: int, count: int, seed: int = 0, min_std: float = 12.0) -> list[Image.Image]:
-    """Up to `count` distinct `side`-px tiles of scikit-image's bundled photographs (grey and colour): non-overlapping
-    tiles at scales 1, 0.7, 0.5 and 0.35, mirrored too, without the flat ones (grey std < `min_std`). Tiles at
-    different scales or mirrored are different images, not copies of one another."""
+SCALES = (1.0, 0.7, 0.5, 0.35)  # of the photograph, for tiles of natural images
+
+
+def natural_images(side: int, count: int, seed: int = 0, min_std: float = 12.0, turns: int = 1) -> list[Image.Image]:
+    """Up to `count` distinct `side`-px tiles of scikit-image's bundled photographs (grey and colour), at scales 1,
+    0.7, 0.5 and 0.35, without the flat ones (grey std < `min_std`), no two of which share a pixel of their
+    photograph (`natural_tiles`)."""
+    return [tile for tile, _, _ in natural_tiles(side, count, seed, min_std, turns)]
+
+
+def natural_tiles(side: int, count: int, seed: int = 0, min_std: float = 12.0, turns: int = 1):
+    """`natural_images` with where each tile came from: (tile, photograph number, (top, left, bottom, right) in that
+    photograph's pixels). Distinct by where they came from, not by any detector's judgement: tiles cut from
+    overlapping regions at two scales, or from both sides of one straight edge, are resized, cropped or moved copies
+    of one another, and counting them as distinct originals made a detector that found them look as if it merged
+    distinct images. Candidate tiles are taken in a seeded random order, each kept only if its region of the
+    photograph is still free. `turns` > 1 also cuts tiles from the photographs turned by 90, 180 and 270 degrees, each
+    a photograph of its own: more tiles (a turned tile is no planted transform's copy of an unturned one), for
+    collections larger than the photographs' area allows (about 6,000 tiles of 16 px unturned)."""
     import skimage.data
 
-    tiles = []
+    rng = np.random.default_rng(seed)
+    candidates = []   # (photo number, scale number, left, top) in the scaled photo's pixels
+    photos, scaled = [], {}
     for name in NATURAL:
         photo = Image.fromarray(getattr(skimage.data, name)())
         photo = photo.convert("RGB") if photo.mode not in ("L", "RGB") else photo
-        for scale in (1.0, 0.7, 0.5, 0.35):
-            scaled = photo.resize((int(photo.width * scale), int(photo.height * scale)), Image.LANCZOS)
-            for mirrored in (False, True):
-                source = scaled.transpose(Image.FLIP_LEFT_RIGHT) if mirrored else scaled
-                for top in range(0, source.height - side + 1, side):
-                    for left in range(0, source.width - side + 1, side):
-                        tile = source.crop((left, top, left + side, top + side))
-                        if np.asarray(tile.convert("L"), dtype=np.float32).std() >= min_std:
-                            tiles.append(tile)
-    order = np.random.default_rng(seed).permutation(len(tiles))[:count]
-    return [tiles[i] for i in sorted(order)]
+        photos += [photo.rotate(90 * turn, expand=True) for turn in range(turns)]
+    for p, photo in enumerate(photos):
+        for s, scale in enumerate(SCALES):
+            width, height = int(photo.width * scale), int(photo.height * scale)
+            scaled[p, s] = photo.resize((width, height), Image.LANCZOS)
+            candidates += [(p, s, left, top) for top in range(0, height - side + 1, side)
+                           for left in range(0, width - side + 1, side)]
+    free = [np.ones((photo.height, photo.width), bool) for photo in photos]
+    tiles = []
+    for k in rng.permutation(len(candidates)):
+        p, s, left, top = candidates[k]
+        scale = SCALES[s]
+        box = (int(top / scale), int(left / scale), int(np.ceil((top + side) / scale)),
+               int(np.ceil((left + side) / scale)))
+        region = (slice(box[0], box[2]), slice(box[1], box[3]))
+        if not free[p][region].all():
+            continue
+        tile = scaled[p, s].crop((left, top, left + side, top + side))
+        if np.asarray(tile.convert("L"), dtype=np.float32).std() < min_std:
+            continue
+        free[p][region] = False
+        tiles.append((tile, p, box))
+        if len(tiles) == count:
+            break
+    return tiles
