@@ -5,7 +5,8 @@
 Quality: for each source (scikit-learn's digits; tiles of scikit-image's bundled photographs) and native side (16,
 32, 64, 128 px), 100 originals per transform family get one planted copy each (stagebook.planting). The audit runs
 as a team runs it (`near_threshold: auto`, files on disk), and we count per family the copies that land in their
-original's cluster, the items in clusters that merge distinct originals, and the largest cluster. imagededup's
+original's cluster, the items in clusters that merge distinct originals, and the largest cluster; then the same with
+a fixed threshold (`FIXED`), which shows the verification apart from the threshold the self-test chose. imagededup's
 PHash (default Hamming threshold 10) runs on the same files: a copy counts as found when the pair is reported, and
 its false pairs link distinct originals.
 Photo tiles are distinct by provenance: no two share a pixel of their photograph (`planting.natural_tiles`), so a
@@ -32,6 +33,7 @@ import pandas as pd
 COPIES_PER_FAMILY = 100
 SIDES = (16, 32, 64, 128)
 THROUGHPUT_ITEMS = 20_000
+FIXED = 0.008   # a fixed near_threshold beside `auto`: the verification's own quality, apart from the self-test's choice
 
 
 def planted_collection(originals, copies_per_family: int, seed: int = 0):
@@ -59,14 +61,14 @@ def write_collection(images, folder: Path) -> list[str]:
     return names
 
 
-def ours(folder: Path):
-    "The audit as a team runs it; returns (cluster per row, seconds, self-test)."
+def ours(folder: Path, threshold="auto"):
+    "The audit as a team runs it (`threshold`: the params' near_threshold); returns (cluster per row, seconds, self-test)."
     from stagebook.audit import audit
     from stagebook.manifest import build_manifest
 
     manifest = build_manifest(".", folder)
     start = time.perf_counter()
-    result = audit(manifest, folder, "auto", progress=False)
+    result = audit(manifest, folder, threshold, progress=False)
     seconds = time.perf_counter() - start
     rows = result.items.path.str.slice(2, 8).astype(int).to_numpy()
     cluster = np.empty(len(rows), dtype=object)
@@ -144,10 +146,11 @@ def bench_quality() -> list[dict]:
                 write_collection(images, folder)
                 cluster, seconds, tested = ours(folder)
                 mine = score_clusters(cluster, origin, family)
+                fixed = score_clusters(ours(folder, FIXED)[0], origin, family)
                 phash_pairs, phash_seconds = imagededup_pairs(folder, "phash")
                 theirs = score_pairs(phash_pairs, origin, family)
             rows.append({"source": source, "side": side, "items": len(images), "threshold": tested.threshold,
-                         "self_test": tested.overall, "ours": mine, "phash": theirs,
+                         "self_test": tested.overall, "ours": mine, "fixed": fixed, "phash": theirs,
                          "ours_s": seconds, "phash_s": phash_seconds})
             print_quality_row(rows[-1])
     return rows
@@ -159,10 +162,12 @@ def print_quality_row(row: dict) -> None:
         print_quality_row.shown = True
         short = "".join(f"{f[:8]:>9}" for f in families)
         print(f"\n{'source':<7}{'px':>4}{'items':>6} {'method':<7}{short}{'merged%':>9}{'largest%':>9}{'thresh':>8}")
-    ours, phash = row["ours"], row["phash"]
+    ours, fixed, phash = row["ours"], row["fixed"], row["phash"]
     print(f"{row['source']:<7}{row['side']:>4}{row['items']:>6} {'audit':<7}"
           + "".join(f"{100 * ours['recall'][f]:>9.1f}" for f in families)
           + f"{100 * ours['merged_share']:>9.2f}{100 * ours['largest_share']:>9.2f}{row['threshold']:>8.4f}")
+    print(f"{'':<17} {'fixed':<7}" + "".join(f"{100 * fixed['recall'][f]:>9.1f}" for f in families)
+          + f"{100 * fixed['merged_share']:>9.2f}{100 * fixed['largest_share']:>9.2f}{FIXED:>8.4f}")
     print(f"{'':<17} {'phash':<7}" + "".join(f"{100 * phash['recall'][f]:>9.1f}" for f in families)
           + f"{100 * phash['merged_share']:>9.2f}{'-':>9}{'10 bits':>8}")
 
