@@ -33,7 +33,7 @@ import pandas as pd
 COPIES_PER_FAMILY = 100
 SIDES = (16, 32, 64, 128)
 THROUGHPUT_ITEMS = 20_000
-FIXED = 0.008   # a fixed near_threshold beside `auto`: the verification's own quality, apart from the self-test's choice
+FIXED = 0.008   # a fixed near_threshold beside `auto`: the verification's quality apart from the self-test's choice
 
 
 def planted_collection(originals, copies_per_family: int, seed: int = 0):
@@ -62,7 +62,7 @@ def write_collection(images, folder: Path) -> list[str]:
 
 
 def ours(folder: Path, threshold="auto"):
-    "The audit as a team runs it (`threshold`: the params' near_threshold); returns (cluster per row, seconds, self-test)."
+    "The audit as a team runs it (`threshold`: near_threshold); returns (cluster per row, seconds, self-test)."
     from stagebook.audit import audit
     from stagebook.manifest import build_manifest
 

@@ -8,7 +8,7 @@ Every image is described by a grey 32-px thumbnail (uint8) and its size. Three s
   from both ends, so half the moves suffice (`SELF_SHIFTS`);
 - verification: each candidate pair is aligned and compared. Alignment searches whole pixels at 32 px around the
   pair's own best offset at 8 px (`best_offsets`: a function of the two images, not of the probe that found them),
-  then half pixels; for a pair whose sizes say one is a crop of the other
+  then half pixels (and quarter pixels for pairs that come close); for a pair whose sizes say one is a crop of the other
   (both sides 80-100%), the smaller is placed on the larger's pixel scale (searched at 16 px first). Both thumbnails
   are lightly smoothed, and the overlap's outer 2 px (where a moved copy's filled edge blends in) are left out. The
   distance is 1 - Pearson correlation over the overlap, so brightness and contrast do not count; for pairs that come
@@ -41,7 +41,8 @@ MARGIN = 2                 # 32-px pixels at the edges of an overlap left out: a
 PREFILTER = 0.15          # 1 - correlation at 16 px beyond which a pair is not searched at 32 px (copies: <= 0.12),
 SECOND_CHANCE = 0.3        # unless it is within this and, both blurred by PREFILTER_BLUR, within BLURRED_PREFILTER:
 PREFILTER_BLUR = 1.0       # a textured copy half a 16-px pixel from the nearest whole-pixel offset lies up to 0.3
-BLURRED_PREFILTER = 0.1    # apart, and within 0.1 blurred (without this, 8% of 64-px photo tiles' moved copies were lost)
+BLURRED_PREFILTER = 0.1    # apart, and within 0.1 blurred (without this, 8% of 64-px photo tiles' moved copies were
+                           # lost)
 COARSE_SHIFT = 2           # whole pixels searched at 16 px (12.5% of the side)
 CROP_RANGE = (0.8, 1.0)    # size ratios at which one image may be a crop of the other
 MIN_OVERLAP = 0.4          # of the larger image's thumbnail, for a correlation to count
@@ -333,23 +334,25 @@ def _align_same_frame(raw_a: np.ndarray, raw_b: np.ndarray, gate: float, hint: n
                       quarter: float = 0.0) -> np.ndarray:
     """Distance of each pair of same-frame thumbnails (unsmoothed; resized, moved, re-lit, ... copies): a whole-pixel
     search at 16 px, then at 32 px for pairs close there (around `hint`, the pair's best offset at 8 px, or widely
-    without one), then, for pairs within `gate`, a half-pixel one around the best. Only the pairs that get past
-    16 px are smoothed at 32 px: about a fifth of them, and smoothing every pair was an eighth of the audit."""
+    without one), then, for pairs within `gate`, a half-pixel one around the best (and a quarter-pixel one for those
+    within `quarter`). A pair far at 16 px gets a second, blurred look there (`SECOND_CHANCE`). Only the pairs that
+    get past 16 px are smoothed at 32 px: about a fifth of them, and smoothing every pair was an eighth of the audit."""
     import torch
 
     centre = np.zeros((len(raw_a), 2)) if hint is None else hint
     # At 16 px first (a sixteenth of the work): pairs that are far apart there are no copies at any threshold
     small_a, small_b = _smoothed16(raw_a), _smoothed16(raw_b)
-    at16, _ = _whole_pixel_search(torch.from_numpy(small_a), torch.from_numpy(small_b), np.round(centre / 2),
-                                  2 if hint is None else 1, margin=MARGIN // 2)
+    at16, at16_offset = _whole_pixel_search(torch.from_numpy(small_a), torch.from_numpy(small_b), np.round(centre / 2),
+                                            2 if hint is None else 1, margin=MARGIN // 2)
     rough, coarse = at16.clone(), torch.zeros(len(raw_a), 2)
     passed = at16 <= PREFILTER
-    # A second chance, blurred, for what a half-pixel move may have put past the prefilter (textured copies)
+    # A second chance, blurred, at the best whole-pixel offset, for what a half-pixel move may have put past the
+    # prefilter (textured copies)
     again = torch.nonzero(~passed & (at16 <= SECOND_CHANCE)).flatten().numpy()
     if len(again):
         blurred, _ = _whole_pixel_search(torch.from_numpy(_blurred(small_a[again], PREFILTER_BLUR)),
                                          torch.from_numpy(_blurred(small_b[again], PREFILTER_BLUR)),
-                                         np.round(centre[again] / 2), 2 if hint is None else 1, margin=MARGIN // 2)
+                                         at16_offset[again].numpy(), 0, margin=MARGIN // 2)
         passed[torch.from_numpy(again)] = blurred <= BLURRED_PREFILTER
     wanted = torch.nonzero(passed | (at16 <= gate)).flatten().numpy()  # all that is used at 32 px
     if not len(wanted):
@@ -499,7 +502,7 @@ def _aligned_distance(a, size_a, b, size_b, gate: float, hint, quarter: float = 
 
 
 def _gaussian_matrix(sigma: float, side: int = THUMB) -> np.ndarray:
-    "The (side x side) matrix G with G X G^T = X blurred by a Gaussian of `sigma` pixels (weights renormalised at the edges)."
+    "The (side x side) matrix G with G X G^T = X blurred by a Gaussian of `sigma` px (weights renormalised at edges)."
     offsets = np.arange(side)[:, None] - np.arange(side)[None, :]
     g = np.exp(-0.5 * (offsets / sigma) ** 2) * (np.abs(offsets) <= np.ceil(3 * sigma))
     return (g / g.sum(axis=1, keepdims=True)).astype(np.float32)
