@@ -149,11 +149,11 @@ def test_self_pairs_are_the_unique_pairs_of_the_search_in_any_chunking(photos, m
 
 
 def test_near_pairs_in_textured_photos_stay_at_the_measured_level(photos):
-    """Known limit (issue 9, `make bench`): textured photo tiles moved or cropped by up to a tenth are partly missed
-    by the 8-px candidate search. This guards the level measured, not the 97% target."""
+    """48-px photo tiles at 0.01: 95-100% per family with blur matching, the blurred second chance and quarter pixels
+    (at least 60% before them). This guards the level measured, not `make bench`'s 97% in every family."""
     images, origin, family = _planted(photos, 40)
     recall, wrong = _recall_and_wrong(images, origin, family, 0.01)
-    assert min(recall.values()) >= 0.6 and np.mean(list(recall.values())) >= 0.8, recall
+    assert min(recall.values()) >= 0.9 and np.mean(list(recall.values())) >= 0.95, recall
     assert wrong <= 0.02 * len(images)
 
 
