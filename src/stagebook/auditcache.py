@@ -31,7 +31,7 @@ from .iorw import atomic_write_bytes
 
 FILES = "files-{:04d}.npz"
 STATS = "stats-v1.npz"    # (path, size, mtime) -> sha256
-PAIRS = "pairs-v3.npz"    # v3: blur matching and a blurred 16-px prefilter (v2: verification starts from the pair's own best offset)
+PAIRS = "pairs-v3.npz"    # v3: blur matching, quarter pixels, a blurred second look at 16 px (v2: own best offset)
 MAX_SHARDS = 8            # more shards than this, or a quarter of the entries stale: rewrite as one
 SETTLED_NS = 2_000_000_000  # a file changed less than 2 s before an audit began is read again by the next one
 FIELDS = ("status", "converted", "width", "height", "pixel_sha256", "colour")

@@ -390,8 +390,8 @@ def _refine(a, b, ratio, rough, coarse, gate: float, rows: np.ndarray, quarter: 
     if len(near):
         at = torch.from_numpy(rows)[near]
         fine, where = _best_alignment(a[near], b[near], ratio[near], coarse[at], _grid(0.5, 0.5))
-        closer = torch.nonzero(fine <= quarter).flatten()  # then quarter pixels, for pairs within `quarter`
-        if quarter and len(closer):
+        closer = torch.nonzero(fine <= quarter).flatten() if quarter else []  # then quarter pixels for these
+        if len(closer):
             finer, _ = _best_alignment(a[near[closer]], b[near[closer]], ratio[near[closer]], where[closer],
                                        _grid(0.25, 0.25))
             fine[closer] = torch.minimum(fine[closer], finer)
