@@ -96,6 +96,32 @@ def test_ten_percent_more_images_decodes_only_those_and_matches_a_full_audit(col
     assert len(again.near_pairs) > 0 and (again.items.status != "ok").sum() == 2 and (again.items.colour == "RGB").any()
 
 
+def test_with_trained_lists_a_re_run_matches_a_full_audit_over_the_same_lists(collection: Path, tmp_path: Path,
+                                                                              monkeypatch):
+    """Above `EXACT_BELOW` images the index has coarse lists, trained on the collection of the day; the cache keeps
+    them, so a re-run after 10% more images searches only what changed and gives what a full audit over the same
+    lists gives (a full audit without a cache trains its own lists, and may differ in pairs far from any threshold)."""
+    from stagebook import auditcache, nearcopy
+    monkeypatch.setattr(nearcopy, "EXACT_BELOW", 100)
+    monkeypatch.setattr(nearcopy, "LIST_SIZE", 16)
+    root = _copy(collection, tmp_path)
+    cache, lists_only = root / "cache", root / "lists_only"
+    held = _hold_back(root)
+    _audit(root, cache)
+    kept = auditcache.load_neighbours(cache)
+    assert kept is not None and kept.trained is not None and len(kept.ids) > 200
+    empty = slice(0, 0)
+    kept.ids, kept.rows, kept.squared, kept.lists, kept.moved = (getattr(kept, a)[empty] for a in
+                                                                 ("ids", "rows", "squared", "lists", "moved"))
+    auditcache.save_neighbours(lists_only, kept)  # the same lists, nothing else remembered
+    for path in held:
+        (root / "later" / path.relative_to(root / "imgs")).rename(path)
+    again = _audit(root, cache)
+    _same(again, _audit(root, lists_only))
+    assert 0 < again.reuse["pairs_verified"] < again.reuse["pairs_remembered"] and len(again.near_pairs) > 0
+    assert 0 < again.reuse["images_searched"] <= 0.15 * len(again.items)  # the new images, not all
+
+
 def test_a_changed_file_is_audited_again_and_a_deleted_one_leaves_no_trace(collection: Path, tmp_path: Path):
     root = _copy(collection, tmp_path)
     cache = root / "cache"

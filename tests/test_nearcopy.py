@@ -190,24 +190,27 @@ def test_the_blur_made_at_16_px_is_the_blur_pooled():
 
 
 def _nearest_one_by_one(index, thumbs, k, shifts):
-    "The candidate rule, spelled out a query at a time: closest hit per item, then the k + PROBE_NEAREST closest."
+    """The candidate rule, spelled out a query at a time in integers (an exact index: every row is in its one list):
+    per move, the m closest rows within the gate by (squared distance, row); then per item its closest probe (ties:
+    the earlier move); then the k + PROBE_NEAREST closest (ties: the smaller row)."""
+    items = index.whole.astype(np.int64)
+    gate = nearcopy.gate_squared(nearcopy.CANDIDATE_GATE)
     hits = {}
-    for number, (dx, dy, probe) in enumerate(nearcopy.keys(thumbs, shifts)):
+    for number, (dx, dy) in enumerate(shifts):
+        probe = nearcopy.whole_keys(thumbs, [(dx, dy)])[:, 0].astype(np.int64)
         take = min(k if (dx, dy) == (0, 0) else nearcopy.PROBE_NEAREST, len(index))
-        squared, nearest = index.index.search(probe, take)
         for q in range(len(thumbs)):
-            for sq, item in zip(squared[q], nearest[q]):
-                if item < 0 or sq / 2 > nearcopy.CANDIDATE_GATE:
-                    continue
-                d = float(sq / 2)
-                if (q, item) not in hits or d < hits[q, item][0]:  # a tie keeps the earlier probe
-                    hits[q, item] = (d, dx, dy)
-    rows = sorted((q, d, item, dx, dy) for (q, item), (d, dx, dy) in hits.items())
+            squared = ((items - probe[q]) ** 2).sum(axis=1)
+            near = sorted((int(sq), row) for row, sq in enumerate(squared) if sq <= gate)[:take]
+            for sq, row in near:
+                if (q, row) not in hits or sq < hits[q, row][0]:  # a tie keeps the earlier probe
+                    hits[q, row] = (sq, dx, dy)
+    rows = sorted((q, sq, row, dx, dy) for (q, row), (sq, dx, dy) in hits.items())
     out, seen = [], {}
-    for q, d, item, dx, dy in rows:
+    for q, sq, row, dx, dy in rows:
         seen[q] = seen.get(q, 0) + 1
         if seen[q] <= k + nearcopy.PROBE_NEAREST:
-            out.append((q, item, dx, dy, d))
+            out.append((q, row, dx, dy, sq / (2.0 * nearcopy.KEY_SCALE ** 2)))
     return np.array(out)
 
 

@@ -24,7 +24,7 @@ import numpy as np
 import pandas as pd
 from PIL import Image, UnidentifiedImageError
 
-from . import calibration, cpus, nearcopy
+from . import auditcache, calibration, cpus, nearcopy, neighbourhood
 from .dataconfig import flatten_alpha
 from .errors import StagebookError
 from .startup import forking_safely
@@ -208,7 +208,8 @@ class AuditResult:
         r = self.reuse
         return "" if not r else (f"audit cache: {r['files_decoded']} file(s) decoded, {r['files_cached']} taken from the"
                                  f" cache ({r.get('files_unread', 0)} unchanged on disk, not read again);"
-                                 f" {r['pairs_verified']} pair(s) verified, {r['pairs_remembered']} remembered")
+                                 f" {r.get('images_searched', 0)} image(s) searched for candidates; {r['pairs_verified']} pair(s) verified,"
+                                 f" {r['pairs_remembered']} remembered")
 
     def summary(self, min_class_items: int) -> dict:
         usable = self.items[self.items.status == "ok"]
@@ -261,7 +262,7 @@ def audit(manifest: pd.DataFrame, root: Path, near_threshold="auto", neighbours:
     began_ns = time.time_ns()
     threshold = parse_threshold(near_threshold)
     clock = _Clock()
-    paths = [str(root / p) for p in manifest.path]
+    paths = [os.path.join(str(root), p) for p in manifest.path]  # not Path / p: 10 µs each
     files = FileCache(cache) if cache else None
     columns = {k: [None] * len(paths) for k in ("sha256", "status", "converted", "width", "height", "pixel_sha256",
                                                "colour")}
@@ -309,19 +310,20 @@ def audit(manifest: pd.DataFrame, root: Path, near_threshold="auto", neighbours:
     rep_of = pd.Series(np.arange(len(reps)), index=items.pixel_sha256.to_numpy()[reps])
     near = pd.DataFrame({"i": np.empty(0, int), "j": np.empty(0, int), "distance": np.empty(0, np.float32)})
     component = np.full(len(reps), -1)
-    tested, memo = None, None
+    tested, memo, searched = None, None, 0
     if len(reps) > 1:
         thumbs = take_rows_in_place(thumbs_of, reps)  # not a copy: 1 KB an image less at the peak
         sizes = items[["width", "height"]].to_numpy(dtype=np.int64)[reps]
         report(f"audit: indexing {len(reps):,} distinct images for near copies")
-        index = nearcopy.CandidateIndex(thumbs)
+        index, tables, searched = _candidates(thumbs, items.pixel_sha256.to_numpy()[reps], neighbours + 1, cache)
         clock.lap("index")
         report("audit: self-test (planted copies)")
         tested = _self_test(paths, reps, index, thumbs, sizes, neighbours, threshold, seed, items.sha256)
         clock.lap("self_test")
         report(f"audit: searching and verifying near copies among {len(reps):,} images")
         memo = PairMemo(cache, items.pixel_sha256.to_numpy()[reps]) if cache else None
-        pairs = nearcopy.near_pairs(thumbs, sizes, tested.threshold, neighbours, index, memo=memo)
+        pairs = nearcopy.near_pairs(thumbs, sizes, tested.threshold, neighbours, index, memo=memo,
+                                    pairs=index.self_pairs(thumbs, neighbours + 1, tables=(tables.rows, tables.squared)))
         clock.lap("pairs")
         component = nearcopy.star_clusters(len(reps), pairs, items.pixel_sha256.to_numpy()[reps])
         near = pd.DataFrame({"i": reps[pairs.i.astype(int)], "j": reps[pairs.j.astype(int)], "distance": pairs.distance})
@@ -329,6 +331,8 @@ def audit(manifest: pd.DataFrame, root: Path, near_threshold="auto", neighbours:
                                                                                                       ignore_index=True)
         if memo is not None:
             memo.write()
+            if tables.ids is not None:
+                auditcache.save_neighbours(cache, tables)
     if files is not None:
         files.write(new, set(items.sha256), (*stats, columns["sha256"], began_ns))
     # Every usable item joins its pixel representative's star cluster; exact copies are joined by their bytes too.
@@ -341,6 +345,7 @@ def audit(manifest: pd.DataFrame, root: Path, near_threshold="auto", neighbours:
     items["near_unit"] = stable_cluster_ids(chained, items.sha256).str.replace("dup:", "near:", regex=False)
     reuse = None if files is None else {"files_decoded": len(new), "files_cached": len(items) - len(new),
                                         "files_unread": len(paths) - len(todo),
+                                        "images_searched": searched,
                                         "pairs_verified": memo.verified if memo else 0,
                                         "pairs_remembered": memo.remembered if memo else 0}
     clock.lap("clusters")
@@ -361,6 +366,34 @@ class _Clock:
         self.laps[name] = self.laps.get(name, 0.0) + now - self._last
         self.peaks[name] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
         self._last = now
+
+
+def _candidates(thumbs: np.ndarray, pixel_hashes: np.ndarray, k: int, cache: Path | None):
+    """The candidate index and its probe tables (`neighbourhood.Tables`). With a cache, the tables the last audit
+    left are updated for what changed, with the coarse lists they were made with (`neighbourhood.reusable`): the
+    result is what a search from scratch over those lists gives. Rows are numbered by pixel hash, whose first 60
+    bits are the ids that tie-breaks and the cache go by (tables.ids None: two hashes share them, nothing is kept)."""
+    ids = np.array([int(h[:15], 16) for h in pixel_hashes], dtype=np.int64)
+    if len(ids) > 1 and not (np.diff(ids) > 0).all():
+        ids = None
+    memo = auditcache.load_neighbours(cache) if cache is not None and ids is not None else None
+    if not neighbourhood.reusable(memo, len(thumbs), k):
+        index = nearcopy.CandidateIndex(thumbs, ids)
+        tables = neighbourhood.build(index, thumbs, k, len(thumbs))
+    else:
+        at = np.clip(np.searchsorted(memo.ids, ids), 0, max(len(memo.ids) - 1, 0))
+        known = memo.ids[at] == ids if len(memo.ids) else np.zeros(len(ids), bool)
+        unmoved = nearcopy.SELF_SHIFTS.index((0, 0))
+        whole = np.empty((len(ids), 36), np.int8)
+        whole[known] = memo.moved[at[known], unmoved]
+        if (~known).any():
+            whole[~known] = nearcopy.whole_keys(thumbs[~known], [(0, 0)])[:, 0]
+        index = nearcopy.CandidateIndex(thumbs, ids, trained=memo.trained, whole=whole)
+        tables = neighbourhood.update(index, thumbs, memo)
+    if ids is None:
+        tables.ids = None
+    return index, tables, len(thumbs) if memo is None or not neighbourhood.reusable(memo, len(thumbs), k) \
+        else int((~known).sum())
 
 
 def _self_test(paths, reps, index, thumbs, sizes, neighbours, threshold, seed, keys) -> calibration.SelfTest:

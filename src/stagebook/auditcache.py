@@ -31,7 +31,8 @@ from .iorw import atomic_write_bytes
 
 FILES = "files-{:04d}.npz"
 STATS = "stats-v1.npz"    # (path, size, mtime) -> sha256
-PAIRS = "pairs-v3.npz"    # v3: blur matching, quarter pixels, a blurred second look at 16 px (v2: own best offset)
+PAIRS = "pairs-v4.npz"    # v4: whole-number keys (v3: blur matching, quarter pixels, a blurred second look at 16 px)
+NEIGHBOURS = "neighbours-v1.npz"  # every image's candidate neighbours (`stagebook.neighbourhood`)
 MAX_SHARDS = 8            # more shards than this, or a quarter of the entries stale: rewrite as one
 SETTLED_NS = 2_000_000_000  # a file changed less than 2 s before an audit began is read again by the next one
 FIELDS = ("status", "converted", "width", "height", "pixel_sha256", "colour")
@@ -233,3 +234,34 @@ class PairMemo:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         _save(self.path, key=keys, distance=dist[first])
 
+
+
+def load_neighbours(folder: Path):
+    "The candidate tables the last audit left (`neighbourhood.Tables`), or None (none yet, or damaged)."
+    from .neighbourhood import Tables
+    try:
+        with np.load(Path(folder) / NEIGHBOURS, allow_pickle=False) as data:
+            squared = data["squared"].astype(np.float32)
+            squared[data["squared"] == NO_DISTANCE] = np.inf
+            trained = data["trained"].tobytes() or None
+            tables = Tables(data["ids"], data["rows"], squared, data["lists"].astype(np.int32), data["moved"],
+                            int(data["k"]), trained, int(data["trained_size"]))
+    except (OSError, ValueError, KeyError):
+        return None
+    n = len(tables.ids)
+    if tables.rows.shape[0] != n or tables.lists.shape[0] != n or tables.moved.shape[0] != n:
+        return None
+    return tables
+
+
+NO_DISTANCE = np.iinfo(np.uint16).max  # on disk, squared distances within the gate are below 2^16
+
+
+def save_neighbours(folder: Path, tables) -> None:
+    "Keep this audit's candidate tables for the next (distances and list numbers in 16 bits on disk)."
+    squared = np.where(np.isfinite(tables.squared), tables.squared, NO_DISTANCE).astype(np.uint16)
+    lists = tables.lists.astype(np.uint16 if tables.lists.max(initial=0) < NO_DISTANCE else np.int32)
+    Path(folder).mkdir(parents=True, exist_ok=True)
+    _save(Path(folder) / NEIGHBOURS, ids=tables.ids, rows=tables.rows, squared=squared, lists=lists,
+          moved=tables.moved, k=np.int64(tables.k), trained_size=np.int64(tables.trained_size),
+          trained=np.frombuffer(tables.trained or b"", np.uint8))
