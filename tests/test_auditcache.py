@@ -84,7 +84,9 @@ def test_ten_percent_more_images_decodes_only_those_and_matches_a_full_audit(col
     assert FileCache(cache).stored == first.items.sha256.nunique()
     for path in held:
         (root / "later" / path.relative_to(root / "imgs")).rename(path)
+    (cache / "pairs-v1.npz").write_bytes(b"an earlier version's pair distances")
     again = _audit(root, cache)
+    assert not (cache / "pairs-v1.npz").exists() and (cache / "neighbours-v1.npz").exists()
     shards = sorted(cache.glob("files-*.npz"))
     # only the new files were decoded: those whose bytes the first audit had not seen under another name
     audited = set(again.items.path)

@@ -1,6 +1,6 @@
 """What an audit remembers between runs, so a re-run costs about the new images, with the same result.
 
-Three tables in one folder (stage 01 keeps it in `data/audit_cache/`, a persistent DVC output):
+Four tables in one folder (stage 01 keeps it in `data/audit_cache/`, a persistent DVC output):
 - per file, keyed by its sha256: status, conversion, size, pixel hash, colour and the 32-px thumbnail, i.e.
   everything decoding found. A changed file has a new sha256 and is decoded again; a file that is gone is simply
   not asked for, and drops out of the cache at the next compaction.
@@ -8,16 +8,12 @@ Three tables in one folder (stage 01 keeps it in `data/audit_cache/`, a persiste
   and DVC's assumption: a file rewritten keeps neither its time nor, mostly, its size). Only files that were last
   changed well before the audit began are kept (`SETTLED_NS`), so a file changed while it was being read, or just
   after within the clock's resolution, is read again next time.
+- per image (by the first 60 bits of its pixel hash): its candidate neighbours, per move of it, with the coarse
+  lists of the index they were searched in (`stagebook.neighbourhood`): a re-run searches only what changed and
+  gets the tables a search from scratch over those lists gets.
 - per verified candidate pair, keyed by both pixel hashes and the verification's gate: the distance. Verification is
   a pure function of those (it starts from the pair's own best offset, `nearcopy.best_offsets`, not from whichever
   probe found the pair), so a remembered distance is the one a full audit computes, in any collection.
-
-The candidate search itself runs over the whole collection every time (about 12 s per 100k images on 2 cores): it
-depends on the collection as a whole, and running it is what makes an incremental audit identical to a full one.
-A re-run after +10% images verifies about half its candidate pairs anew even so (the index is retrained on
-the grown collection, and each image's top neighbours shift); training it on a stable sample (the smallest pixel
-hashes, a power-of-two list count, seeded from its first rows) raised the pairs remembered only from 66% to 76% at
-80k images, not enough to pay for results that would differ from today's.
 """
 from __future__ import annotations
 
@@ -233,6 +229,9 @@ class PairMemo:
         keys, first = np.unique(keys, return_index=True)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         _save(self.path, key=keys, distance=dist[first])
+        for old in self.path.parent.glob("pairs-v*.npz"):  # an earlier version's distances are no use any more
+            if old.name != self.path.name:
+                old.unlink(missing_ok=True)
 
 
 
@@ -250,6 +249,10 @@ def load_neighbours(folder: Path):
         return None
     n = len(tables.ids)
     if tables.rows.shape[0] != n or tables.lists.shape[0] != n or tables.moved.shape[0] != n:
+        return None
+    if tables.rows.size and not (-1 <= tables.rows.min() and tables.rows.max() < n):
+        return None
+    if n > 1 and not (np.diff(tables.ids) > 0).all():
         return None
     return tables
 

@@ -5,7 +5,9 @@ Every image is described by a grey 32-px thumbnail (uint8) and its size. Three s
   EXACT_BELOW images; above, faiss IVF lists of about LIST_SIZE images found through a small HNSW graph of their
   centroids, whose cost per query does not grow with the collection), probed with the query moved in half-pixel
   steps, so a copy moved by up to an eighth of its side is a neighbour. Within one collection each pair is probed
-  from both ends, so half the moves suffice (`SELF_SHIFTS`);
+  from both ends, so half the moves suffice (`SELF_SHIFTS`). Keys are whole numbers (bytes), and each probe keeps
+  its m closest by (exact squared distance, row): a rule that an audit with a cache updates for new images
+  (`stagebook.neighbourhood`) and gets what a search from scratch gets;
 - verification: each candidate pair is aligned and compared. Alignment searches whole pixels at 32 px around the
   pair's own best offset at 8 px (`best_offsets`: a function of the two images, not of the probe that found them),
   then half pixels (and quarter pixels for pairs that come close); for a pair whose sizes say one is a crop of the other
