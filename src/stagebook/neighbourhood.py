@@ -65,23 +65,31 @@ def update(index: "nearcopy.CandidateIndex", thumbs: np.ndarray, memo: Tables) -
     is_new[old_now] = False
     counts = nearcopy.columns(k, shifts, n)
     starts = np.r_[0, np.cumsum(counts)]
+    # The remembered arrays as they are when nothing went (no copies: at 320k images they are a few hundred MB)
+    take = (lambda a: a) if kept.all() else (lambda a: a[kept])
+    remembered = take(memo.rows)
     rows = np.full((n, starts[-1]), -1, np.int32)
-    squared = np.full(rows.shape, np.inf, np.float32)
-    lists = np.zeros((n, len(shifts), memo.lists.shape[2]), np.int32)
-    remembered = memo.rows[kept]
-    mapped = np.where(remembered >= 0, now_of_old[np.maximum(remembered, 0)], -1).astype(np.int32)
+    mapped = now_of_old.astype(np.int32)[np.maximum(remembered, 0)]
+    mapped[remembered < 0] = -1
     lost = (remembered >= 0) & (mapped < 0)
     rows[old_now] = mapped
-    squared[old_now] = np.where(lost, np.inf, memo.squared[kept])
-    lists[old_now] = memo.lists[kept]
+    del mapped
+    squared = np.full(rows.shape, np.inf, np.float32)
+    squared[old_now] = np.where(lost, np.inf, take(memo.squared))
+    lists = np.zeros((n, len(shifts), memo.lists.shape[2]), np.int32)
+    lists[old_now] = take(memo.lists)
     moved = np.empty((n, len(shifts), 36), np.int8)
-    moved[old_now] = memo.moved[kept]
+    moved[old_now] = take(memo.moved)
+    # A new image matters to a full probe only if it comes as close as the probe's m-th; to another, if within the gate
+    gate = nearcopy.gate_squared(nearcopy.CANDIDATE_GATE)
+    limit = np.full((len(old_now), len(shifts)), gate, np.float32)
+    for number in range(len(shifts)):
+        full = (remembered[:, starts[number]:starts[number + 1]] >= 0).all(axis=1)
+        limit[full, number] = squared[old_now[full], starts[number + 1] - 1]
     members = index.members()
     fresh = [m[is_new[m]] for m in members]        # per coarse list, its new images
-    gate = nearcopy.gate_squared(nearcopy.CANDIDATE_GATE)
     # every remembered probe (an image moved one way) against the new images of the lists it visits, all moves at once
-    slot, item, dist = _closer_new(moved[old_now].reshape(-1, 36), index,
-                                   lists[old_now].reshape(len(old_now) * len(shifts), lists.shape[2]), fresh, gate)
+    slot, item, dist = _closer_new(moved, old_now, lists, index, fresh, limit)
     slot_query, slot_move = np.divmod(slot, len(shifts))
     for number in range(len(shifts)):
         block = slice(starts[number], starts[number + 1])
@@ -105,23 +113,30 @@ def update(index: "nearcopy.CandidateIndex", thumbs: np.ndarray, memo: Tables) -
     return Tables(ids, rows, squared, lists, moved, k, memo.trained, memo.trained_size)
 
 
-def _closer_new(probes: np.ndarray, index, probe_lists: np.ndarray, fresh: list[np.ndarray], gate: float):
-    """(probe, new row, squared distance) of every new image within the gate in a list the probe visits, list by
-    list (a few thousand probes, int8 keys, against a few new images each), with whole-number keys: exact."""
-    flat = probe_lists.ravel()
-    owner = np.repeat(np.arange(len(probe_lists)), probe_lists.shape[1])
+def _closer_new(moved: np.ndarray, old_now: np.ndarray, lists: np.ndarray, index, fresh: list[np.ndarray],
+                limit: np.ndarray):
+    """(probe slot, new row, squared distance) of every new image in a list a remembered probe visits that comes
+    within the probe's `limit` (slot = position in `old_now` x moves + move), list by list (a few thousand probes
+    against a few new images each), with whole-number keys: exact."""
+    moves = moved.shape[1]
+    visits = lists[old_now]                               # (remembered, moves, probes)
+    flat = visits.reshape(-1)
+    owner = np.repeat(np.arange(len(old_now) * moves, dtype=np.int64), visits.shape[2])
+    del visits
     order = np.argsort(flat, kind="stable")
     bounds = np.searchsorted(flat[order], np.arange(len(fresh) + 1))
+    del flat
     found_q, found_r, found_d = [], [], []
     for number, new in enumerate(fresh):
         if not len(new) or bounds[number] == bounds[number + 1]:
             continue
-        who = owner[order[bounds[number]:bounds[number + 1]]]
-        mine, keys = probes[who].astype(np.float32), index.whole[new].astype(np.float32)
+        slots = owner[order[bounds[number]:bounds[number + 1]]]
+        position, move = np.divmod(slots, moves)
+        mine, keys = moved[old_now[position], move].astype(np.float32), index.whole[new].astype(np.float32)
         dist = (np.einsum("ij,ij->i", mine, mine)[:, None] + np.einsum("ij,ij->i", keys, keys)[None, :]
                 - 2 * (mine @ keys.T))
-        q, r = np.nonzero(dist <= gate)
-        found_q.append(who[q])
+        q, r = np.nonzero(dist <= limit[position, move][:, None])
+        found_q.append(slots[q])
         found_r.append(new[r])
         found_d.append(dist[q, r])
     if not found_q:
