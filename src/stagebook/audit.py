@@ -208,8 +208,8 @@ class AuditResult:
         r = self.reuse
         return "" if not r else (f"audit cache: {r['files_decoded']} file(s) decoded, {r['files_cached']} taken from the"
                                  f" cache ({r.get('files_unread', 0)} unchanged on disk, not read again);"
-                                 f" {r.get('images_searched', 0)} image(s) searched for candidates; {r['pairs_verified']} pair(s) verified,"
-                                 f" {r['pairs_remembered']} remembered")
+                                 f" {r.get('images_searched', 0)} image(s) searched for candidates;"
+                                 f" {r['pairs_verified']} pair(s) verified, {r['pairs_remembered']} remembered")
 
     def summary(self, min_class_items: int) -> dict:
         usable = self.items[self.items.status == "ok"]
@@ -315,15 +315,16 @@ def audit(manifest: pd.DataFrame, root: Path, near_threshold="auto", neighbours:
         thumbs = take_rows_in_place(thumbs_of, reps)  # not a copy: 1 KB an image less at the peak
         sizes = items[["width", "height"]].to_numpy(dtype=np.int64)[reps]
         report(f"audit: indexing {len(reps):,} distinct images for near copies")
-        index, tables, searched = _candidates(thumbs, items.pixel_sha256.to_numpy()[reps], neighbours + 1, cache)
+        index, tables, searched, keepable = _candidates(thumbs, items.pixel_sha256.to_numpy()[reps], neighbours + 1,
+                                                        cache)
         clock.lap("index")
         report("audit: self-test (planted copies)")
         tested = _self_test(paths, reps, index, thumbs, sizes, neighbours, threshold, seed, items.sha256)
         clock.lap("self_test")
         report(f"audit: searching and verifying near copies among {len(reps):,} images")
         memo = PairMemo(cache, items.pixel_sha256.to_numpy()[reps]) if cache else None
-        pairs = nearcopy.near_pairs(thumbs, sizes, tested.threshold, neighbours, index, memo=memo,
-                                    pairs=index.self_pairs(thumbs, neighbours + 1, tables=(tables.rows, tables.squared)))
+        candidates = index.self_pairs(thumbs, neighbours + 1, tables=(tables.rows, tables.squared))
+        pairs = nearcopy.near_pairs(thumbs, sizes, tested.threshold, neighbours, index, memo=memo, pairs=candidates)
         clock.lap("pairs")
         component = nearcopy.star_clusters(len(reps), pairs, items.pixel_sha256.to_numpy()[reps])
         near = pd.DataFrame({"i": reps[pairs.i.astype(int)], "j": reps[pairs.j.astype(int)], "distance": pairs.distance})
@@ -331,7 +332,7 @@ def audit(manifest: pd.DataFrame, root: Path, near_threshold="auto", neighbours:
                                                                                                       ignore_index=True)
         if memo is not None:
             memo.write()
-            if tables.ids is not None:
+            if keepable:
                 auditcache.save_neighbours(cache, tables)
     if files is not None:
         files.write(new, set(items.sha256), (*stats, columns["sha256"], began_ns))
@@ -369,31 +370,25 @@ class _Clock:
 
 
 def _candidates(thumbs: np.ndarray, pixel_hashes: np.ndarray, k: int, cache: Path | None):
-    """The candidate index and its probe tables (`neighbourhood.Tables`). With a cache, the tables the last audit
-    left are updated for what changed, with the coarse lists they were made with (`neighbourhood.reusable`): the
-    result is what a search from scratch over those lists gives. Rows are numbered by pixel hash, whose first 60
-    bits are the ids that tie-breaks and the cache go by (tables.ids None: two hashes share them, nothing is kept)."""
+    """The candidate index, its probe tables (`neighbourhood.Tables`), how many images were searched from scratch,
+    and whether the tables may be kept. With a cache, the tables the last audit left are updated for what changed,
+    with the coarse lists they were made with (`neighbourhood.reusable`): the result is what a search from scratch
+    over those lists gives. Rows are numbered by pixel hash, whose first 60 bits are the ids that ties and the cache
+    go by (if two hashes share them, nothing is remembered)."""
     ids = np.array([int(h[:15], 16) for h in pixel_hashes], dtype=np.int64)
-    if len(ids) > 1 and not (np.diff(ids) > 0).all():
-        ids = None
-    memo = auditcache.load_neighbours(cache) if cache is not None and ids is not None else None
+    keepable = len(ids) < 2 or bool((np.diff(ids) > 0).all())
+    memo = auditcache.load_neighbours(cache) if cache is not None and keepable else None
     if not neighbourhood.reusable(memo, len(thumbs), k):
-        index = nearcopy.CandidateIndex(thumbs, ids)
-        tables = neighbourhood.build(index, thumbs, k, len(thumbs))
-    else:
-        at = np.clip(np.searchsorted(memo.ids, ids), 0, max(len(memo.ids) - 1, 0))
-        known = memo.ids[at] == ids if len(memo.ids) else np.zeros(len(ids), bool)
-        unmoved = nearcopy.SELF_SHIFTS.index((0, 0))
-        whole = np.empty((len(ids), 36), np.int8)
-        whole[known] = memo.moved[at[known], unmoved]
-        if (~known).any():
-            whole[~known] = nearcopy.whole_keys(thumbs[~known], [(0, 0)])[:, 0]
-        index = nearcopy.CandidateIndex(thumbs, ids, trained=memo.trained, whole=whole)
-        tables = neighbourhood.update(index, thumbs, memo)
-    if ids is None:
-        tables.ids = None
-    return index, tables, len(thumbs) if memo is None or not neighbourhood.reusable(memo, len(thumbs), k) \
-        else int((~known).sum())
+        index = nearcopy.CandidateIndex(thumbs, ids if keepable else None)
+        return index, neighbourhood.build(index, thumbs, k, len(thumbs)), len(thumbs), keepable
+    at = np.clip(np.searchsorted(memo.ids, ids), 0, max(len(memo.ids) - 1, 0))
+    known = memo.ids[at] == ids if len(memo.ids) else np.zeros(len(ids), bool)
+    whole = np.empty((len(ids), 36), np.int8)  # the unmoved keys: remembered, or made for the new images
+    whole[known] = memo.moved[at[known], nearcopy.SELF_SHIFTS.index((0, 0))]
+    if (~known).any():
+        whole[~known] = nearcopy.whole_keys(thumbs[~known], [(0, 0)])[:, 0]
+    index = nearcopy.CandidateIndex(thumbs, ids, trained=memo.trained, whole=whole)
+    return index, neighbourhood.update(index, thumbs, memo), int((~known).sum()), True
 
 
 def _self_test(paths, reps, index, thumbs, sizes, neighbours, threshold, seed, keys) -> calibration.SelfTest:

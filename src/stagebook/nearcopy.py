@@ -156,7 +156,9 @@ class CandidateIndex:
         if self.lists is not None:
             self.lists.nprobe = NPROBE
             faiss.downcast_index(self.lists.quantizer).hnsw.efSearch = max(16, 2 * NPROBE)
-        self.trained = bytes(faiss.serialize_index(self.index)) if self.lists is not None and trained is None else trained
+        # the trained lists before any image is added: what a later audit needs to search in the same lists
+        fresh = trained is None and self.lists is not None
+        self.trained = bytes(faiss.serialize_index(self.index)) if fresh else trained
         self.index.add(whole)  # faiss numbers rows 0..n-1 in the order added: the rows of `thumbs`
         faiss.omp_set_num_threads(cpus.threads())  # searching a fixed index is deterministic in any thread count
 
