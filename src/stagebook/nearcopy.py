@@ -119,7 +119,7 @@ class CandidateIndex:
     """A nearest-neighbour index over the 8-px keys of a collection; a query returns its likely copies. Built on one
     thread, so the same collection gives the same index (the audit orders it by pixel hash). `ids`: each row's
     number, ascending (the audit's: its pixel hash), by which ties are broken; `trained`: a coarse quantizer kept
-    from an earlier audit (`trained_state`), so an audit with a cache searches with the same lists as the last one.
+    from an earlier audit (its `trained`), so an audit with a cache searches with the same lists as the last one.
 
     Every probe's nearest items are a rule, not whatever the library returns: the `m` closest within the gate by
     (squared distance, id). Keys are whole numbers (`KEY_SCALE`), so squared distances are exact in float32 in any
@@ -133,10 +133,8 @@ class CandidateIndex:
         self.ids = np.arange(len(thumbs), dtype=np.int64) if ids is None else np.asarray(ids, np.int64)
         if len(self.ids) > 1 and not (np.diff(self.ids) > 0).all():
             raise ValueError("CandidateIndex: ids must be distinct and ascending (rows break ties in id order)")
-        if whole is None:  # a chunk at a time: all thumbnails at once in float32 would take 4 KB per image
-            whole = np.concatenate([whole_keys(thumbs[at:at + QUERY_CHUNK], [(0, 0)])[:, 0]
-                                    for at in range(0, len(thumbs), QUERY_CHUNK)]) if len(thumbs) else \
-                np.empty((0, 36), np.int8)
+        if whole is None:
+            whole = whole_keys(thumbs, [(0, 0)])[:, 0]
         self.whole = whole  # int8
         whole = whole.astype(np.float32)
         self.points = whole / KEY_SCALE  # each image's unmoved key, as the index has it: `best_offsets` starts here
@@ -225,9 +223,7 @@ class CandidateIndex:
         squared = np.empty(rows.shape, np.float32)
         lists = np.zeros((len(thumbs), len(shifts), NPROBE if self.lists is not None else 1), np.int32)
         if moved is None:
-            moved = np.concatenate([whole_keys(thumbs[at:at + QUERY_CHUNK], shifts)
-                                    for at in range(0, len(thumbs), QUERY_CHUNK)]) if len(thumbs) else \
-                np.empty((0, len(shifts), 36), np.int8)
+            moved = whole_keys(thumbs, shifts)
         starts = np.r_[0, np.cumsum(counts)]
         for at in range(0, len(thumbs), QUERY_CHUNK):
             part = slice(at, at + QUERY_CHUNK)
@@ -277,10 +273,12 @@ def _whole(unit_keys: np.ndarray) -> np.ndarray:
 
 
 def whole_keys(thumbs: np.ndarray, shifts: list[tuple[int, int]]) -> np.ndarray:
-    "(n, len(shifts), 36) int8: the whole-number key of each thumbnail moved by each of `shifts` (`keys`)."
+    """(n, len(shifts), 36) int8: the whole-number key of each thumbnail moved by each of `shifts` (`keys`), made a
+    chunk at a time (all thumbnails at once in float32 would take 4 KB per image)."""
     out = np.empty((len(thumbs), len(shifts), 36), np.int8)
-    for number, (_, _, probe) in enumerate(keys(thumbs, shifts)):
-        out[:, number] = _whole(probe)
+    for at in range(0, len(thumbs), QUERY_CHUNK):
+        for number, (_, _, probe) in enumerate(keys(thumbs[at:at + QUERY_CHUNK], shifts)):
+            out[at:at + QUERY_CHUNK, number] = _whole(probe)
     return out
 
 

@@ -83,9 +83,9 @@ def update(index: "nearcopy.CandidateIndex", thumbs: np.ndarray, memo: Tables) -
     # A new image matters to a full probe only if it comes as close as the probe's m-th; to another, if within the gate
     gate = nearcopy.gate_squared(nearcopy.CANDIDATE_GATE)
     limit = np.full((len(old_now), len(shifts)), gate, np.float32)
+    full = np.stack([(remembered[:, starts[at]:starts[at + 1]] >= 0).all(axis=1) for at in range(len(shifts))], 1)
     for number in range(len(shifts)):
-        full = (remembered[:, starts[number]:starts[number + 1]] >= 0).all(axis=1)
-        limit[full, number] = squared[old_now[full], starts[number + 1] - 1]
+        limit[full[:, number], number] = squared[old_now[full[:, number]], starts[number + 1] - 1]
     members = index.members()
     fresh = [m[is_new[m]] for m in members]        # per coarse list, its new images
     # every remembered probe (an image moved one way) against the new images of the lists it visits, all moves at once
@@ -93,12 +93,11 @@ def update(index: "nearcopy.CandidateIndex", thumbs: np.ndarray, memo: Tables) -
     slot_query, slot_move = np.divmod(slot, len(shifts))
     for number in range(len(shifts)):
         block = slice(starts[number], starts[number + 1])
-        m = counts[number]
-        full = (remembered[:, block] >= 0).all(axis=1)
-        dirty = np.flatnonzero(full & lost[:, block].any(axis=1))  # positions among the remembered
+        m, was_full, lost_here = counts[number], full[:, number], lost[:, block].any(axis=1)
+        dirty = np.flatnonzero(was_full & lost_here)  # positions among the remembered
         mine = slot_move == number
         query = slot_query[mine]
-        holed = np.flatnonzero(lost[:, block].any(axis=1) & ~full)  # complete still, but with a gap: close it
+        holed = np.flatnonzero(lost_here & ~was_full)  # complete still, but with a gap: close it
         if len(query) or len(holed):
             merged_q = np.union1d(query, holed)
             current_r, current_s = rows[old_now[merged_q], block], squared[old_now[merged_q], block]
