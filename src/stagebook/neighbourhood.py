@@ -120,6 +120,8 @@ def _closer_new(moved: np.ndarray, old_now: np.ndarray, lists: np.ndarray, index
     moves = moved.shape[1]
     visits = lists[old_now]                               # (remembered, moves, probes)
     flat = visits.reshape(-1)
+    if len(fresh) < 1 << 16:  # list numbers in 16 bits: numpy's stable sort is then a radix sort (the same order)
+        flat = flat.astype(np.uint16)
     owner = np.repeat(np.arange(len(old_now) * moves, dtype=np.int64), visits.shape[2])
     del visits
     order = np.argsort(flat, kind="stable")
