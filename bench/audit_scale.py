@@ -215,8 +215,9 @@ def _keep_lists_only(cache: Path, into: Path) -> None:
     tables = auditcache.load_neighbours(cache)
     if tables is None:
         return
-    for name in ("ids", "rows", "squared", "lists", "moved"):
-        setattr(tables, name, getattr(tables, name)[:0])
+    for name in ("ids", "rows", "squared", "lists", "moved", "homes"):
+        if getattr(tables, name) is not None:
+            setattr(tables, name, getattr(tables, name)[:0])
     auditcache.save_neighbours(into, tables)
 
 

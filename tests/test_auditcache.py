@@ -112,9 +112,10 @@ def test_with_trained_lists_a_re_run_matches_a_full_audit_over_the_same_lists(co
     _audit(root, cache)
     kept = auditcache.load_neighbours(cache)
     assert kept is not None and kept.trained is not None and len(kept.ids) > 200
+    assert kept.homes is not None and len(kept.homes) == len(kept.ids)  # each image's list, so it is not assigned again
     empty = slice(0, 0)
-    kept.ids, kept.rows, kept.squared, kept.lists, kept.moved = (getattr(kept, a)[empty] for a in
-                                                                 ("ids", "rows", "squared", "lists", "moved"))
+    kept.ids, kept.rows, kept.squared, kept.lists, kept.moved, kept.homes = (
+        getattr(kept, a)[empty] for a in ("ids", "rows", "squared", "lists", "moved", "homes"))
     auditcache.save_neighbours(lists_only, kept)  # the same lists, nothing else remembered
     for path in held:
         (root / "later" / path.relative_to(root / "imgs")).rename(path)

@@ -83,3 +83,28 @@ def test_tables_are_not_reused_across_a_change_of_rule_or_of_scale(thumbs, monke
     trained = neighbourhood.build(nearcopy.CandidateIndex(thumbs[:400]), thumbs[:400], 9, 400)
     assert neighbourhood.reusable(trained, 790, 9) and neighbourhood.reusable(trained, 200, 9)
     assert not neighbourhood.reusable(trained, 801, 9)        # twice the size the lists were trained for: again
+
+
+def test_an_index_given_the_remembered_lists_of_its_images_holds_what_a_plain_add_holds(thumbs, monkeypatch):
+    """The audit adds remembered images to the list they were in last time (`Tables.homes`) instead of asking the
+    coarse quantizer again: the lists must hold the same rows in the same order, and a home that is no list of the
+    index (a damaged cache) is assigned afresh."""
+    monkeypatch.setattr(nearcopy, "EXACT_BELOW", 200)
+    monkeypatch.setattr(nearcopy, "LIST_SIZE", 32)
+    ids = _ids(len(thumbs), 3)
+    rng = np.random.default_rng(4)
+    before = np.sort(rng.choice(len(thumbs), int(0.9 * len(thumbs)), replace=False))
+    after = np.setdiff1d(np.arange(len(thumbs)), before[rng.choice(len(before), 40, replace=False)])
+    first = nearcopy.CandidateIndex(thumbs[before], ids[before])
+    memo = neighbourhood.build(first, thumbs[before], 9, len(before))
+    for number, rows in enumerate(first.members()):
+        assert (memo.homes[rows] == number).all()
+    known = np.isin(ids[after], memo.ids)
+    homes = np.full(len(after), -1, np.int32)
+    homes[known] = memo.homes[np.searchsorted(memo.ids, ids[after][known])]
+    assert known.sum() > 300 and (~known).sum() > 20
+    homes[np.flatnonzero(known)[:3]] = 10 ** 6
+    given = nearcopy.CandidateIndex(thumbs[after], ids[after], trained=memo.trained, homes=homes)
+    plain = nearcopy.CandidateIndex(thumbs[after], ids[after], trained=memo.trained)
+    assert np.array_equal(given.homes, plain.homes) and len(given) == len(plain) == len(after)
+    assert all(np.array_equal(a, b) for a, b in zip(given.members(), plain.members()))

@@ -264,23 +264,24 @@ def audit(manifest: pd.DataFrame, root: Path, near_threshold="auto", neighbours:
     clock = _Clock()
     paths = [os.path.join(str(root), p) for p in manifest.path]  # not Path / p: 10 µs each
     files = FileCache(cache) if cache else None
-    columns = {k: [None] * len(paths) for k in ("sha256", "status", "converted", "width", "height", "pixel_sha256",
-                                               "colour")}
+    columns = {k: np.full(len(paths), None, object) for k in ("sha256", "status", "converted", "width", "height",
+                                                              "pixel_sha256", "colour")}
     thumbs_of = np.zeros((len(paths), nearcopy.THUMB, nearcopy.THUMB), np.uint8)
     new = []
     report = report or (lambda text: None)
     # Files unchanged on disk since the cache saw them are not read at all: their results come from the cache.
     stats = stat_keys(paths, list(manifest.path)) if files else None
-    unchanged = files.recall(stats[0]) if files else [None] * len(paths)
-    todo = [at for at, sha in enumerate(unchanged) if sha is None]
+    unchanged = files.recall(stats[0]) if files else np.full(len(paths), None, object)
+    known = np.not_equal(unchanged, None)
+    todo = np.flatnonzero(~known).tolist()
+    clock.lap("stat")
     if len(todo) < len(paths):
-        kept = [at for at, sha in enumerate(unchanged) if sha is not None]
-        shas = [unchanged[at] for at in kept]
-        fields, thumbs_of[kept] = files.take(shas)
-        for key, values in [("sha256", shas), *fields.items()]:
-            column = columns[key]
-            for at, value in zip(kept, values):
-                column[at] = value
+        kept = np.flatnonzero(known)
+        fields, thumbs_of[kept] = files.take(unchanged[kept].tolist())
+        columns["sha256"][kept] = unchanged[kept]
+        for key, values in fields.items():
+            columns[key][kept] = values
+    clock.lap("cached")
     every = max(1, len(todo) // 50)
     unread = "" if len(todo) == len(paths) else f" ({len(paths) - len(todo):,} unchanged, not read)"
     for done, found in inspect_all([paths[at] for at in todo], workers=workers, progress=progress,
@@ -300,7 +301,8 @@ def audit(manifest: pd.DataFrame, root: Path, near_threshold="auto", neighbours:
             thumbs_of[at] = found.thumb
     items = manifest.copy().reset_index(drop=True)
     for key, values in columns.items():
-        items[key] = values
+        items[key] = values.tolist()  # from Python values, as pandas types them (int64, str)
+    del columns
     clock.lap("decode")
 
     # Items with the same pixels are one image to the near-copy search: one representative each (smallest path),
@@ -331,12 +333,14 @@ def audit(manifest: pd.DataFrame, root: Path, near_threshold="auto", neighbours:
         near = pd.DataFrame({"i": reps[pairs.i.astype(int)], "j": reps[pairs.j.astype(int)], "distance": pairs.distance})
         near = near.assign(i=near[["i", "j"]].min(axis=1), j=near[["i", "j"]].max(axis=1)).sort_values(["i", "j"],
                                                                                                       ignore_index=True)
+        clock.lap("clusters")
         if memo is not None:
             memo.write()
             if keepable:
                 auditcache.save_neighbours(cache, tables)
     if files is not None:
-        files.write(new, set(items.sha256), (*stats, columns["sha256"], began_ns))
+        files.write(new, set(items.sha256), (*stats, items.sha256.tolist(), began_ns))
+    clock.lap("cache_writes")
     # Every usable item joins its pixel representative's star cluster; exact copies are joined by their bytes too.
     cluster_of = np.arange(len(items)) + len(reps)
     cluster_of[ok] = component[rep_of.loc[pixel_hashes[ok]].to_numpy()]
@@ -388,7 +392,10 @@ def _candidates(thumbs: np.ndarray, pixel_hashes: np.ndarray, k: int, cache: Pat
     whole[known] = memo.moved[at[known], nearcopy.SELF_SHIFTS.index((0, 0))]
     if (~known).any():
         whole[~known] = nearcopy.whole_keys(thumbs[~known], [(0, 0)])[:, 0]
-    index = nearcopy.CandidateIndex(thumbs, ids, trained=memo.trained, whole=whole)
+    homes = np.full(len(ids), -1, np.int32)  # the list each remembered image was stored in; the new ones are assigned
+    if memo.homes is not None:
+        homes[known] = memo.homes[at[known]]
+    index = nearcopy.CandidateIndex(thumbs, ids, trained=memo.trained, whole=whole, homes=homes)
     return index, neighbourhood.update(index, thumbs, memo), int((~known).sum()), True
 
 

@@ -98,22 +98,25 @@ class FileCache:
         except (OSError, ValueError, KeyError):  # none yet, or damaged: those files are read again
             pass
 
-    def recall(self, keys: np.ndarray) -> list[str | None]:
-        "Per stat key (`stat_keys`), the sha256 its file had when last audited, if it is unchanged and cached; else None."
-        out: list[str | None] = [None] * len(keys)
+    def recall(self, keys: np.ndarray) -> np.ndarray:
+        """Per stat key (`stat_keys`), the sha256 its file had when last audited, if it is unchanged and cached; else
+        None (an object array)."""
+        out = np.full(len(keys), None, object)
         if not len(self.stat_key) or not len(keys):
             return out
         at = np.clip(np.searchsorted(self.stat_key, keys), 0, len(self.stat_key) - 1)
-        for row in np.flatnonzero((self.stat_key[at] == keys) & (keys != 0)):
-            sha = self.stat_sha[at[row]].tobytes().hex()
-            if sha in self.where:
-                out[row] = sha
+        hit = np.flatnonzero((self.stat_key[at] == keys) & (keys != 0))
+        text = self.stat_sha[at[hit]].tobytes().hex()  # one conversion, then 64 hex digits each
+        shas = [text[64 * q:64 * q + 64] for q in range(len(hit))]
+        cached = np.array([sha in self.where for sha in shas], bool)
+        out[hit[cached]] = np.array(shas, object)[cached] if len(shas) else []
         return out
 
-    def take(self, shas: list[str]) -> tuple[dict[str, list], np.ndarray]:
-        "Fields (lists of Python values, as `get` gives them) and thumbnails of these cached files, in the order given."
+    def take(self, shas: list[str]) -> tuple[dict[str, np.ndarray], np.ndarray]:
+        """Fields (object arrays of the Python values `get` gives) and thumbnails of these cached files, in the order
+        given: gathered table by table, with no loop over files but the lookup."""
         where = np.array([self.where[sha] for sha in shas], np.int64).reshape(-1, 2)
-        fields = {k: [None] * len(shas) for k in FIELDS}
+        fields = {k: np.empty(len(shas), object) for k in FIELDS}
         thumbs = np.zeros((len(shas), 32, 32), np.uint8)
         for t, table in enumerate(self.tables):
             mine = np.flatnonzero(where[:, 0] == t)
@@ -122,8 +125,7 @@ class FileCache:
             rows = where[mine, 1]
             thumbs[mine] = table["thumb"][rows]
             for k in FIELDS:
-                for at, value in zip(mine.tolist(), table[k][rows].tolist()):
-                    fields[k][at] = value
+                fields[k][mine] = table[k][rows]  # numpy strings and numbers become Python ones here
         return fields, thumbs
 
     def __contains__(self, sha: str) -> bool:
@@ -242,13 +244,16 @@ def load_neighbours(folder: Path):
             squared = data["squared"].astype(np.float32)
             squared[data["squared"] == NO_DISTANCE] = np.inf
             trained = data["trained"].tobytes() or None
+            homes = data["homes"].astype(np.int32) if "homes" in data.files else None  # none in older caches
             tables = Tables(data["ids"], data["rows"], squared, data["lists"].astype(np.int32), data["moved"],
-                            int(data["k"]), trained, int(data["trained_size"]))
+                            int(data["k"]), trained, int(data["trained_size"]), homes)
     except (OSError, ValueError, KeyError):
         return None
     n = len(tables.ids)
     if tables.rows.shape[0] != n or tables.lists.shape[0] != n or tables.moved.shape[0] != n:
         return None
+    if tables.homes is not None and (tables.homes.shape != (n,) or (n and tables.homes.min() < 0)):
+        tables.homes = None  # damaged: the lists are assigned again, which costs only time
     if tables.rows.size and not (-1 <= tables.rows.min() and tables.rows.max() < n):
         return None
     if n > 1 and not (np.diff(tables.ids) > 0).all():
@@ -262,8 +267,10 @@ NO_DISTANCE = np.iinfo(np.uint16).max  # on disk, squared distances within the g
 def save_neighbours(folder: Path, tables) -> None:
     "Keep this audit's candidate tables for the next (distances and list numbers in 16 bits on disk)."
     squared = np.where(np.isfinite(tables.squared), tables.squared, NO_DISTANCE).astype(np.uint16)
-    lists = tables.lists.astype(np.uint16 if tables.lists.max(initial=0) < NO_DISTANCE else np.int32)
+    small = tables.lists.max(initial=0) < NO_DISTANCE
+    lists = tables.lists.astype(np.uint16 if small else np.int32)
+    homes = {} if tables.homes is None else {"homes": tables.homes.astype(np.uint16 if small else np.int32)}
     Path(folder).mkdir(parents=True, exist_ok=True)
-    _save(Path(folder) / NEIGHBOURS, ids=tables.ids, rows=tables.rows, squared=squared, lists=lists,
+    _save(Path(folder) / NEIGHBOURS, **homes, ids=tables.ids, rows=tables.rows, squared=squared, lists=lists,
           moved=tables.moved, k=np.int64(tables.k), trained_size=np.int64(tables.trained_size),
           trained=np.frombuffer(tables.trained or b"", np.uint8))

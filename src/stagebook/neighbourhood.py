@@ -34,6 +34,7 @@ class Tables:
     k: int
     trained: bytes | None    # the coarse lists (a serialised trained index) or None for an exact index
     trained_size: int        # how many images the lists were trained on
+    homes: np.ndarray | None = None  # (n,) int32 the list each image is stored in (None: not remembered)
 
 
 def reusable(memo: Tables | None, count: int, k: int) -> bool:
@@ -49,7 +50,8 @@ def reusable(memo: Tables | None, count: int, k: int) -> bool:
 
 def build(index: "nearcopy.CandidateIndex", thumbs: np.ndarray, k: int, trained_size: int) -> Tables:
     "The tables from scratch."
-    return Tables(index.ids, *index.tables(thumbs, k, nearcopy.SELF_SHIFTS), k, index.trained, trained_size)
+    return Tables(index.ids, *index.tables(thumbs, k, nearcopy.SELF_SHIFTS), k, index.trained, trained_size,
+                  index.homes)
 
 
 def update(index: "nearcopy.CandidateIndex", thumbs: np.ndarray, memo: Tables) -> Tables:
@@ -109,7 +111,7 @@ def update(index: "nearcopy.CandidateIndex", thumbs: np.ndarray, memo: Tables) -
     new_rows = np.flatnonzero(is_new)
     if len(new_rows):
         rows[new_rows], squared[new_rows], lists[new_rows], moved[new_rows] = index.tables(thumbs[new_rows], k, shifts)
-    return Tables(ids, rows, squared, lists, moved, k, memo.trained, memo.trained_size)
+    return Tables(ids, rows, squared, lists, moved, k, memo.trained, memo.trained_size, index.homes)
 
 
 def _closer_new(moved: np.ndarray, old_now: np.ndarray, lists: np.ndarray, index, fresh: list[np.ndarray],
