@@ -262,7 +262,8 @@ def audit(manifest: pd.DataFrame, root: Path, near_threshold="auto", neighbours:
     began_ns = time.time_ns()
     threshold = parse_threshold(near_threshold)
     clock = _Clock()
-    paths = [os.path.join(str(root), p) for p in manifest.path]  # not Path / p: 10 µs each
+    names = manifest.path.tolist()
+    paths = [os.path.join(str(root), p) for p in names]  # not Path / p: 10 µs each
     files = FileCache(cache) if cache else None
     columns = {k: np.full(len(paths), None, object) for k in ("sha256", "status", "converted", "width", "height",
                                                               "pixel_sha256", "colour")}
@@ -270,7 +271,7 @@ def audit(manifest: pd.DataFrame, root: Path, near_threshold="auto", neighbours:
     new = []
     report = report or (lambda text: None)
     # Files unchanged on disk since the cache saw them are not read at all: their results come from the cache.
-    stats = stat_keys(paths, list(manifest.path)) if files else None
+    stats = stat_keys(paths, names) if files else None
     unchanged = files.recall(stats[0]) if files else np.full(len(paths), None, object)
     known = np.not_equal(unchanged, None)
     todo = np.flatnonzero(~known).tolist()
@@ -283,12 +284,12 @@ def audit(manifest: pd.DataFrame, root: Path, near_threshold="auto", neighbours:
             columns[key][kept] = values
     clock.lap("cached")
     every = max(1, len(todo) // 50)
-    unread = "" if len(todo) == len(paths) else f" ({len(paths) - len(todo):,} unchanged, not read)"
+    not_read = "" if len(todo) == len(paths) else f" ({len(paths) - len(todo):,} unchanged, not read)"
     for done, found in inspect_all([paths[at] for at in todo], workers=workers, progress=progress,
                                    known=files.known() if files else ()):
         at = todo[done]
         if done % every == 0:
-            report(f"audit: {done:,}/{len(todo):,} images decoded{unread}")
+            report(f"audit: {done:,}/{len(todo):,} images decoded{not_read}")
         if files is not None and found.sha256 in files and found.thumb is None and found.status == "":
             fields, thumb = files.get(found.sha256)
             found = Inspection(found.sha256, **fields)
@@ -302,15 +303,14 @@ def audit(manifest: pd.DataFrame, root: Path, near_threshold="auto", neighbours:
     items = manifest.copy().reset_index(drop=True)
     for key, values in columns.items():
         items[key] = values.tolist()  # from Python values, as pandas types them (int64, str)
-    del columns
+    unread = len(paths) - len(todo)
+    del columns, paths, names, todo, unchanged  # Python strings: 200 bytes an image, not needed past here
     clock.lap("decode")
 
     # Items with the same pixels are one image to the near-copy search: one representative each (smallest path),
     # searched in the order of their pixel hash, so the search depends on the collection, not on file order.
     ok = items.index[items.status == "ok"]
     reps = items.loc[ok].sort_values("path").drop_duplicates("pixel_sha256").sort_values("pixel_sha256").index.to_numpy()
-    pixel_hashes = items.pixel_sha256.to_numpy(dtype=object)  # once: each conversion of 320k strings took 0.3 s
-    rep_of = pd.Series(np.arange(len(reps)), index=pixel_hashes[reps])
     near = pd.DataFrame({"i": np.empty(0, int), "j": np.empty(0, int), "distance": np.empty(0, np.float32)})
     component = np.full(len(reps), -1)
     tested, memo, searched = None, None, 0
@@ -318,39 +318,47 @@ def audit(manifest: pd.DataFrame, root: Path, near_threshold="auto", neighbours:
         thumbs = take_rows_in_place(thumbs_of, reps)  # not a copy: 1 KB an image less at the peak
         sizes = items[["width", "height"]].to_numpy(dtype=np.int64)[reps]
         report(f"audit: indexing {len(reps):,} distinct images for near copies")
-        index, tables, searched, keepable = _candidates(thumbs, pixel_hashes[reps], neighbours + 1,
-                                                        cache)
+        rep_hashes = items.pixel_sha256.iloc[reps].tolist()
+        index, tables, searched, keepable = _candidates(thumbs, rep_hashes, neighbours + 1, cache)
+        if cache is not None and keepable:  # kept now, so the tables need not be held through the pairs step
+            auditcache.save_neighbours(cache, tables)
+        rows, squared = tables.rows, tables.squared
+        del tables  # its lists and moved keys (600 bytes an image) go before the pairs are made from the rest
+        candidates = index.self_pairs(thumbs, neighbours + 1, tables=(rows, squared))
+        del rows, squared
         clock.lap("index")
         report("audit: self-test (planted copies)")
-        tested = _self_test(paths, reps, index, thumbs, sizes, neighbours, threshold, seed, items.sha256)
+        tested = _self_test(root, items.path, reps, index, thumbs, sizes, neighbours, threshold, seed, items.sha256)
         clock.lap("self_test")
         report(f"audit: searching and verifying near copies among {len(reps):,} images")
-        memo = PairMemo(cache, pixel_hashes[reps]) if cache else None
-        candidates = index.self_pairs(thumbs, neighbours + 1, tables=(tables.rows, tables.squared))
+        memo = PairMemo(cache, rep_hashes) if cache else None
+        del rep_hashes
         pairs = nearcopy.near_pairs(thumbs, sizes, tested.threshold, neighbours, index, memo=memo, pairs=candidates)
+        del candidates
         clock.lap("pairs")
-        component = nearcopy.star_clusters(len(reps), pairs, pixel_hashes[reps])
+        component = nearcopy.star_clusters(len(reps), pairs, np.arange(len(reps)))  # rows are in pixel-hash order
         near = pd.DataFrame({"i": reps[pairs.i.astype(int)], "j": reps[pairs.j.astype(int)], "distance": pairs.distance})
         near = near.assign(i=near[["i", "j"]].min(axis=1), j=near[["i", "j"]].max(axis=1)).sort_values(["i", "j"],
                                                                                                       ignore_index=True)
         clock.lap("clusters")
         if memo is not None:
             memo.write()
-            if keepable:
-                auditcache.save_neighbours(cache, tables)
     if files is not None:
         files.write(new, set(items.sha256), (*stats, items.sha256.tolist(), began_ns))
     clock.lap("cache_writes")
     # Every usable item joins its pixel representative's star cluster; exact copies are joined by their bytes too.
     cluster_of = np.arange(len(items)) + len(reps)
-    cluster_of[ok] = component[rep_of.loc[pixel_hashes[ok]].to_numpy()]
+    same_pixels = pd.factorize(items.pixel_sha256)[0]  # a number per pixel hash
+    rep_of = np.zeros(same_pixels.max(initial=0) + 1, np.int64)
+    rep_of[same_pixels[reps]] = np.arange(len(reps))
+    cluster_of[ok] = component[rep_of[same_pixels[ok]]]
     edges = [same_value_edges(items.sha256), same_value_edges(pd.Series(cluster_of).astype(str))]
     items["cluster"] = stable_cluster_ids(connected_clusters(len(items), edges), items.sha256)
     # The split keeps every verified pair together, so it follows chains the clusters do not (`near_unit`).
     chained = connected_clusters(len(items), edges + [near[["i", "j"]].to_numpy(dtype=np.int64)])
     items["near_unit"] = stable_cluster_ids(chained, items.sha256).str.replace("dup:", "near:", regex=False)
     reuse = None if files is None else {"files_decoded": len(new), "files_cached": len(items) - len(new),
-                                        "files_unread": len(paths) - len(todo),
+                                        "files_unread": unread,
                                         "images_searched": searched,
                                         "pairs_verified": memo.verified if memo else 0,
                                         "pairs_remembered": memo.remembered if memo else 0}
@@ -399,14 +407,14 @@ def _candidates(thumbs: np.ndarray, pixel_hashes: np.ndarray, k: int, cache: Pat
     return index, neighbourhood.update(index, thumbs, memo), int((~known).sum()), True
 
 
-def _self_test(paths, reps, index, thumbs, sizes, neighbours, threshold, seed, keys) -> calibration.SelfTest:
+def _self_test(root, names, reps, index, thumbs, sizes, neighbours, threshold, seed, keys) -> calibration.SelfTest:
     "Plant copies of a seeded sample of the representatives (chosen by content hash, so file order does not matter)."
     order = np.argsort(keys.to_numpy()[reps], kind="stable")
     rng = np.random.default_rng(seed)
     sample = np.sort(rng.choice(order, size=min(calibration.SAMPLE, len(reps)), replace=False))
     images = []
     for row in sample:
-        with Image.open(paths[reps[row]]) as img:
+        with Image.open(os.path.join(str(root), names.iat[reps[row]])) as img:
             img.load()
             images.append(_to_standard_mode(img)[0])
     return calibration.self_test(images, sample, index, thumbs, sizes, neighbours, threshold, seed)

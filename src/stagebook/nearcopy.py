@@ -381,7 +381,9 @@ def pairs_of(rows, squared, moves, k: int) -> np.ndarray:
         other = query != item
         query, item = query[other], item[other]
         found.append(_distinct(np.minimum(query, item) * n + np.maximum(query, item)))
-    pair_keys = _distinct(np.concatenate(found))
+    pair_keys = np.concatenate(found)
+    del found
+    pair_keys = _distinct(pair_keys)
     return np.stack([pair_keys // n, pair_keys % n], axis=1)
 
 
