@@ -96,6 +96,7 @@ def _measure(count: int, cache: str | None, pairs_file: str | None = None) -> No
     summary = result.summary(5)
     out = {"count": count, "seconds": seconds, "peak_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
            "import_mib": base / 1024, "worker_peak_mib": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024,
+           "table_bytes": int(result.items.memory_usage(deep=True).sum()),
            "pairs": summary["near_duplicate_pairs"], "clusters": summary["duplicate_clusters"],
            "recall": summary.get("self_test_recall"), "fingerprint": _fingerprint(result), "reuse": result.reuse,
            "steps": {k: round(v, 1) for k, v in (result.seconds or {}).items()},
@@ -161,6 +162,8 @@ def bench_audit_scale(sizes=(20_000, 80_000, 320_000)) -> list[dict]:
     # uint8 thumbnail; the 6x6 key as bytes, as float32 and in the IVF; int64 id; the probe tables (57 rows and
     # distances, 13 x 3 list numbers, 13 moved keys as bytes: `neighbourhood.Tables`)
     index_kb = (THUMB * THUMB + 36 + 2 * 36 * 4 + 8 + 57 * 8 + 13 * 3 * 4 + 13 * 36) / 1024
+    # the item table the audit returns (one row per file: path, label, hashes, sizes, clusters), as pandas holds it
+    table_kb = float(np.polyfit(n, [r["table_bytes"] for r in rows], 1)[0]) / 1024
     largest = sizes[-1]
     cache = Path(tempfile.mkdtemp(prefix="stagebook-bench-audit-cache-"))
     lists_only = Path(tempfile.mkdtemp(prefix="stagebook-bench-audit-lists-"))
@@ -185,9 +188,13 @@ def bench_audit_scale(sizes=(20_000, 80_000, 320_000)) -> list[dict]:
     for r in rows + [incremental]:
         print(f"  steps at {r['count']}{' (incremental)' if r is incremental else ''}: {r['steps']}"
               f"; peak MiB after imports at the end of each: {r['peak_by_step']}")
+    held_kb = index_kb + table_kb
     print(f"peak memory grows by {per_image_kb:.2f} KB per image (fit over {', '.join(str(c) for c in sizes)});"
-          f" the index's own state is {index_kb:.2f} KB per image; the rest is the item table (paths and hashes)"
-          " and the candidate pairs")
+          f" the index's own state is {index_kb:.2f} KB per image and the item table the audit returns"
+          f" {table_kb:.2f} KB: {held_kb:.2f} KB  target: nothing else grows (decoded images, candidate pairs)"
+          f"  {'ok' if per_image_kb <= held_kb else 'OVER TARGET'}")
+    print(f"incremental peak after imports at {largest}: {incremental['peak_mib'] - incremental['import_mib']:.0f} MiB"
+          f" against {full['peak_mib'] - full['import_mib']:.0f} MiB for the full audit (it holds the cache's tables too)")
     same = incremental["fingerprint"] == same_lists["fingerprint"]
     ratio = incremental["seconds"] / same_lists["seconds"]
     print(f"  steps of the full audit over the same lists: {same_lists['steps']}")
@@ -203,8 +210,8 @@ def bench_audit_scale(sizes=(20_000, 80_000, 320_000)) -> list[dict]:
              "target": 1.0, "ok": exponent <= 1.1},
             {"name": f"audit {largest} images (s)", "ours_s": full["seconds"], "baseline_s": 240.0,
              "ratio": full["seconds"] / 240, "target": 1.0, "ok": full["seconds"] < 240},
-            {"name": "audit peak memory per image (KB) vs the index's own", "ours_s": per_image_kb,
-             "baseline_s": index_kb, "ratio": per_image_kb / index_kb, "target": None, "ok": True},
+            {"name": "audit peak memory per image (KB) vs index + item table", "ours_s": per_image_kb,
+             "baseline_s": held_kb, "ratio": per_image_kb / held_kb, "target": 1.0, "ok": per_image_kb <= held_kb},
             {"name": "incremental audit vs full (same lists)", "ours_s": incremental["seconds"],
              "baseline_s": same_lists["seconds"], "ratio": ratio, "target": 0.25, "ok": ratio <= 0.25 and same}]
 

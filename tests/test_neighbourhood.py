@@ -41,12 +41,14 @@ def test_updated_tables_are_the_tables_searched_from_scratch(thumbs, lists, monk
     assert (memo.trained is not None) == lists
     assert neighbourhood.reusable(memo, len(after), 9)
     index = nearcopy.CandidateIndex(thumbs[after], ids[after], trained=memo.trained)
-    updated = neighbourhood.update(index, thumbs[after], memo)
-    scratch = neighbourhood.build(index, thumbs[after], 9, memo.trained_size)
-    _equal(updated, scratch)
     # the test has something to test: probes that held a gone image and were full, and new images that came closer
     lost = np.isin(memo.rows, np.searchsorted(before, gone))
     assert lost.any(axis=1).sum() >= 20
+    trained_size = memo.trained_size
+    updated = neighbourhood.update(index, thumbs[after], memo)
+    assert memo.rows is None and memo.moved is None  # consumed, so the old and new tables are not held whole at once
+    scratch = neighbourhood.build(index, thumbs[after], 9, trained_size)
+    _equal(updated, scratch)
     pairs = index.self_pairs(None, 9, tables=(updated.rows, updated.squared))
     assert len(pairs) > len(after) and np.array_equal(pairs, index.self_pairs(thumbs[after], 9))
     if not lists:  # an exact index has no history: the same as an index made today

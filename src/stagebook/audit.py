@@ -278,7 +278,7 @@ def audit(manifest: pd.DataFrame, root: Path, near_threshold="auto", neighbours:
     clock.lap("stat")
     if len(todo) < len(paths):
         kept = np.flatnonzero(known)
-        fields, thumbs_of[kept] = files.take(unchanged[kept].tolist())
+        fields = files.take(unchanged[kept].tolist(), thumbs_of, kept)
         columns["sha256"][kept] = unchanged[kept]
         for key, values in fields.items():
             columns[key][kept] = values

@@ -80,15 +80,20 @@ class FileCache:
     def __init__(self, folder: Path):
         self.folder = check_folder(folder)
         self.shards = sorted(self.folder.glob("files-*.npz"))
-        self.tables = []
+        self.tables, self.sources = [], []
         for shard in self.shards:
             try:
                 with np.load(shard, allow_pickle=False) as data:
                     self.tables.append({k: data[k] for k in data.files})
+                    self.sources.append(shard)
             except (OSError, ValueError, KeyError):  # a damaged shard is only a lost speed-up: decode those again
                 continue
         self.where = {sha: (t, row) for t, table in enumerate(self.tables) for row, sha in enumerate(table["sha256"])}
         self.stored = len(self.where)
+        for table in self.tables:  # held as compactly as they can be: the hashes are in `where`, pixel hashes are hex
+            del table["sha256"]
+            if table["pixel_sha256"].dtype.kind == "U":
+                table["pixel_sha256"] = table["pixel_sha256"].astype("S64")  # 64 bytes each, not 256
         self.stat_key, self.stat_sha = np.empty(0, np.uint64), np.empty((0, 32), np.uint8)
         try:
             with np.load(self.folder / STATS, allow_pickle=False) as data:
@@ -112,21 +117,30 @@ class FileCache:
         out[hit[cached]] = np.array(shas, object)[cached] if len(shas) else []
         return out
 
-    def take(self, shas: list[str]) -> tuple[dict[str, np.ndarray], np.ndarray]:
-        """Fields (object arrays of the Python values `get` gives) and thumbnails of these cached files, in the order
-        given: gathered table by table, with no loop over files but the lookup."""
+    def take(self, shas: list[str], into: np.ndarray, at: np.ndarray) -> dict[str, np.ndarray]:
+        """Fields (object arrays of the Python values `get` gives) of these cached files, in the order given, and
+        their thumbnails written into the caller's array (`into[at[q]]` for shas[q], not a copy): gathered
+        table by table, with no loop over files but the lookup. The cache then lets go of its own thumbnails (1 KB
+        a file); `get` reads them again if it is asked."""
         where = np.array([self.where[sha] for sha in shas], np.int64).reshape(-1, 2)
         fields = {k: np.empty(len(shas), object) for k in FIELDS}
-        thumbs = np.zeros((len(shas), 32, 32), np.uint8)
         for t, table in enumerate(self.tables):
             mine = np.flatnonzero(where[:, 0] == t)
-            if not len(mine):
-                continue
-            rows = where[mine, 1]
-            thumbs[mine] = table["thumb"][rows]
-            for k in FIELDS:
-                fields[k][mine] = table[k][rows]  # numpy strings and numbers become Python ones here
-        return fields, thumbs
+            if len(mine):
+                rows = where[mine, 1]
+                into[at[mine]] = self._thumbs(t)[rows]
+                for k in FIELDS:
+                    fields[k][mine] = _python(table[k][rows])  # numpy strings and numbers become Python ones here
+            table.pop("thumb", None)
+        return fields
+
+    def _thumbs(self, t: int) -> np.ndarray:
+        "Table t's thumbnails, read again from its shard if `take` let go of them."
+        table = self.tables[t]
+        if "thumb" not in table:
+            with np.load(self.sources[t], allow_pickle=False) as data:
+                table["thumb"] = data["thumb"]
+        return table["thumb"]
 
     def __contains__(self, sha: str) -> bool:
         return sha in self.where
@@ -137,7 +151,7 @@ class FileCache:
     def get(self, sha: str) -> tuple[dict, np.ndarray]:
         t, row = self.where[sha]
         table = self.tables[t]
-        return {k: table[k][row].item() for k in FIELDS}, table["thumb"][row]
+        return {k: _python(table[k][row:row + 1])[0] for k in FIELDS}, self._thumbs(t)[row]
 
     def write(self, new: list, current: set[str], stats: tuple | None = None) -> None:
         """Store the newly inspected files (`Inspection`s); compact into one shard when there are many shards or
@@ -170,6 +184,11 @@ class FileCache:
         keys, first = np.unique(keys[settled], return_index=True)
         _save(self.folder / STATS, key=keys,
               sha256=np.frombuffer(b"".join(bytes.fromhex(shas[settled[f]]) for f in first), np.uint8).reshape(-1, 32))
+
+
+def _python(values: np.ndarray) -> list:
+    "Python values of a cached column (hex pixel hashes are held as bytes: str again)."
+    return values.astype(str).tolist() if values.dtype.kind == "S" else values.tolist()
 
 
 def _row(found) -> tuple[str, dict, np.ndarray]:

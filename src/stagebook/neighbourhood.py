@@ -56,7 +56,8 @@ def build(index: "nearcopy.CandidateIndex", thumbs: np.ndarray, k: int, trained_
 
 def update(index: "nearcopy.CandidateIndex", thumbs: np.ndarray, memo: Tables) -> Tables:
     """The tables of `index`'s collection (`thumbs`, in its order) made from `memo`, the tables of an earlier
-    collection searched with the same coarse lists: exactly what `build` gives."""
+    collection searched with the same coarse lists: exactly what `build` gives. `memo`'s tables are consumed: each
+    is let go of once it is copied, so the remembered and the new tables are not held whole at once (1 KB an image)."""
     shifts, k, n = nearcopy.SELF_SHIFTS, memo.k, len(index)
     ids = index.ids
     at = np.clip(np.searchsorted(ids, memo.ids), 0, max(n - 1, 0))
@@ -75,17 +76,21 @@ def update(index: "nearcopy.CandidateIndex", thumbs: np.ndarray, memo: Tables) -
     mapped[remembered < 0] = -1
     lost = (remembered >= 0) & (mapped < 0)
     rows[old_now] = mapped
-    del mapped
+    full = np.stack([(remembered[:, starts[at]:starts[at + 1]] >= 0).all(axis=1) for at in range(len(shifts))], 1)
+    del mapped, remembered
+    memo.rows = None
     squared = np.full(rows.shape, np.inf, np.float32)
     squared[old_now] = np.where(lost, np.inf, take(memo.squared))
+    memo.squared = None
     lists = np.zeros((n, len(shifts), memo.lists.shape[2]), np.int32)
     lists[old_now] = take(memo.lists)
+    memo.lists = None
     moved = np.empty((n, len(shifts), 36), np.int8)
     moved[old_now] = take(memo.moved)
+    memo.moved = None
     # A new image matters to a full probe only if it comes as close as the probe's m-th; to another, if within the gate
     gate = nearcopy.gate_squared(nearcopy.CANDIDATE_GATE)
     limit = np.full((len(old_now), len(shifts)), gate, np.float32)
-    full = np.stack([(remembered[:, starts[at]:starts[at + 1]] >= 0).all(axis=1) for at in range(len(shifts))], 1)
     for number in range(len(shifts)):
         limit[full[:, number], number] = squared[old_now[full[:, number]], starts[number + 1] - 1]
     members = index.members()
