@@ -119,7 +119,8 @@ class CandidateIndex:
     """A nearest-neighbour index over the 8-px keys of a collection; a query returns its likely copies. Built on one
     thread, so the same collection gives the same index (the audit orders it by pixel hash). `ids`: each row's
     number, ascending (the audit's: its pixel hash), by which ties are broken; `trained`: a coarse quantizer kept
-    from an earlier audit (its `trained`), so an audit with a cache searches with the same lists as the last one.
+    from an earlier audit (its `trained`), so an audit with a cache searches with the same lists as the last one;
+    `homes`: the list each image was stored in then (-1 for a new one), so only new images are assigned (`_add`).
 
     Every probe's nearest items are a rule, not whatever the library returns: the `m` closest within the gate by
     (squared distance, id). Keys are whole numbers (`KEY_SCALE`), so squared distances are exact in float32 in any
