@@ -271,8 +271,9 @@ def load_neighbours(folder: Path):
     n = len(tables.ids)
     if tables.rows.shape[0] != n or tables.lists.shape[0] != n or tables.moved.shape[0] != n:
         return None
-    if tables.homes is not None and (tables.homes.shape != (n,) or (n and tables.homes.min() < 0)):
-        tables.homes = None  # damaged: the lists are assigned again, which costs only time
+    if tables.homes is not None and tables.homes.shape != (n,):
+        tables.homes = None  # damaged: the lists are assigned again, which costs only time (a home that is no list
+                             # of the index is assigned again by `CandidateIndex`, which alone knows the lists)
     if tables.rows.size and not (-1 <= tables.rows.min() and tables.rows.max() < n):
         return None
     if n > 1 and not (np.diff(tables.ids) > 0).all():

@@ -171,10 +171,10 @@ class CandidateIndex:
             self.index.add(whole)
             return np.zeros(len(whole), np.int32)
         homes = np.full(len(whole), -1, np.int64) if homes is None else np.asarray(homes, np.int64).copy()
-        homes[homes >= self.lists.nlist] = -1  # not a list of these (a damaged cache): assigned again
+        homes[homes >= self.lists.nlist] = -1  # not a list of these (a damaged cache): assigned again, as -1 is
         todo = np.flatnonzero(homes < 0)
         if len(todo):
-            homes[todo] = self.lists.quantizer.assign(np.ascontiguousarray(whole[todo]), 1)[:, 0]
+            homes[todo] = self.lists.quantizer.assign(whole[todo], 1)[:, 0]
         whole = np.ascontiguousarray(whole, np.float32)
         self.lists.add_core(len(whole), faiss.swig_ptr(whole), None, faiss.swig_ptr(homes))
         return homes.astype(np.int32)
