@@ -27,7 +27,7 @@ from .iorw import atomic_write_with
 
 FILES = "files-{:04d}.npz"
 STATS = "stats-v1.npz"    # (path, size, mtime) -> sha256
-PAIRS = "pairs-v4.npz"    # v4: whole-number keys (v3: blur matching, quarter pixels, a blurred second look at 16 px)
+PAIRS = "pairs-v5.npz"    # v5: tone matching (v4: whole-number keys; v3: blur matching, quarter pixels, a blurred second look)
 NEIGHBOURS = "neighbours-v1.npz"  # every image's candidate neighbours (`stagebook.neighbourhood`)
 MAX_SHARDS = 8            # more shards than this, or a quarter of the entries stale: rewrite as one
 SETTLED_NS = 2_000_000_000  # a file changed less than 2 s before an audit began is read again by the next one

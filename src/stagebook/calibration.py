@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import numpy as np
+import pandas as pd
 from PIL import Image
 
 from . import nearcopy, planting
@@ -19,7 +20,7 @@ SAMPLE = 100                 # images per self-test (each gets one copy per fami
 RECALL_GOAL = 0.99           # share of planted copies the chosen threshold must find, in the worst family
 MARGIN = 1.15                # the threshold sits this far above the sample's own quantile
 THRESHOLD_RANGE = (0.001, 0.03)
-FALSE_BUDGET = 0.01          # share of planted copies that may be taken for another image
+FALSE_BUDGET = 0.002         # share of planted copies that may be taken for another image (at least one)
 
 
 @dataclass
@@ -85,16 +86,17 @@ def self_test(images: list[Image.Image], sources: np.ndarray, index: nearcopy.Ca
     to_source = np.full(len(copies), np.inf)
     np.minimum.at(to_source, query[own], dist[own])
     family = np.array(family)
-    # Matches to another image, with that image's own distance to the copy's original: a match is false when the
-    # other image cannot be a copy of the original at the threshold in question.
+    # Matches to another image B. At a threshold t such a match is false when B is not the original's copy at t:
+    # neither within t of it, nor within t of an image that is within t of it (then the original and B share a
+    # representative, and the clusters hold them together anyway).
     other = np.flatnonzero(~own & (dist <= THRESHOLD_RANGE[1]))
-    between = nearcopy.pair_distances(thumbs[origin[query[other]]], sizes[origin[query[other]]],
-                                      thumbs[item[other]], sizes[item[other]]) if len(other) else np.empty(0)
+    first, second = origin[query[other]], item[other]
+    between = nearcopy.pair_distances(thumbs[first], sizes[first], thumbs[second], sizes[second]) \
+        if len(other) else np.empty(0)
+    linked = np.minimum(between, _through_a_third(index, thumbs, sizes, first, second, neighbours))
 
     def false_merges(t: float) -> int:
-        # Judged as the clusters judge it: an image further than t from the original is not its copy at t. (So a
-        # copy matched to another real copy of its original counts too: the estimate errs towards a lower threshold.)
-        return len(np.unique(query[other[(dist[other] <= t) & (between > t)]]))
+        return len(np.unique(query[other[(dist[other] <= t) & (linked > t)]]))
 
     if threshold is None:
         threshold, chosen = choose_threshold(to_source, family, false_merges), True
@@ -106,14 +108,45 @@ def self_test(images: list[Image.Image], sources: np.ndarray, index: nearcopy.Ca
                     false_merges=false_merges(threshold), sample=len(images), distances=to_source, families=family)
 
 
+def _through_a_third(index: nearcopy.CandidateIndex, thumbs: np.ndarray, sizes: np.ndarray, first: np.ndarray,
+                     second: np.ndarray, neighbours: int) -> np.ndarray:
+    """Per pair (first[k], second[k]) of indexed images, the smallest t at which both are within t of one third image
+    (inf if none is a candidate of both): the distance at which the two fall into one star cluster through it."""
+    out = np.full(len(first), np.inf)
+    rows = np.unique(np.r_[first, second])
+    if not len(rows):
+        return out
+    found = index.search(thumbs[rows], neighbours + 1)
+    query, item = rows[found[:, 0].astype(np.int64)], found[:, 1].astype(np.int64)
+    keep = query != item
+    query, item = query[keep], item[keep]
+    dist = nearcopy.pair_distances(thumbs[item], sizes[item], thumbs[query], sizes[query],
+                                   gate=nearcopy.coarse_gate(THRESHOLD_RANGE[1]),
+                                   hint=nearcopy.best_offsets(index.points, thumbs, item, query))
+    near = pd.DataFrame({"row": query, "third": item, "d": dist})
+    pairs = pd.DataFrame({"k": np.arange(len(first)), "a": first, "b": second})
+    both = pairs.merge(near.rename(columns={"row": "a", "d": "da"}), on="a").merge(
+        near.rename(columns={"row": "b", "d": "db"}), on=["b", "third"])
+    both = both[(both.third != both.a) & (both.third != both.b)]
+    if len(both):
+        worse = np.maximum(both.da.to_numpy(), both.db.to_numpy())
+        np.minimum.at(out, both.k.to_numpy(), worse)
+    return out
+
+
+def false_merges_allowed(planted: int) -> int:
+    "How many planted copies `auto` lets be taken for another image: FALSE_BUDGET of them, and at least one."
+    return max(1, int(FALSE_BUDGET * planted))
+
+
 def choose_threshold(to_source: np.ndarray, family: np.ndarray, false_merges) -> float:
     """The threshold that finds RECALL_GOAL of the planted copies in every family (with MARGIN), lowered while
-    that would merge more than FALSE_BUDGET of the planted copies with other images."""
+    that would merge more than FALSE_BUDGET of the planted copies with other images (or, where every threshold
+    would, more than the fewest any threshold merges: the largest threshold that merges no more than that)."""
     seen = [to_source[(family == name) & np.isfinite(to_source)] for name in np.unique(family)]
     worst = max((np.quantile(d, RECALL_GOAL) for d in seen if len(d)), default=THRESHOLD_RANGE[1])
     threshold = float(np.clip(worst * MARGIN, *THRESHOLD_RANGE))
-    allowed = max(1, int(FALSE_BUDGET * len(to_source)))
-    for t in np.geomspace(threshold, THRESHOLD_RANGE[0], 40):
-        if false_merges(t) <= allowed:
-            return float(t)
-    return THRESHOLD_RANGE[0]
+    candidates = np.geomspace(threshold, THRESHOLD_RANGE[0], 40)
+    merges = np.array([false_merges(t) for t in candidates])
+    allowed = max(false_merges_allowed(len(to_source)), int(merges.min()))
+    return float(candidates[np.argmax(merges <= allowed)])
