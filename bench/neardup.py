@@ -197,15 +197,15 @@ def bench_throughput(count: int = THROUGHPUT_ITEMS) -> list[dict]:
                   f"{100 * min(theirs['recall'].values()):>12.1f}{100 * theirs['merged_share']:>15.2f}")
             results.append({"name": f"neardup throughput vs imagededup {method}", "ours_s": seconds,
                              "baseline_s": theirs_s, "ratio": seconds / theirs_s, "target": 1.0,
-                             "ok": seconds <= theirs_s})
+                             "ok": bool(seconds <= theirs_s)})
     return results
 
 
 def bench_neardup() -> list[dict]:
     rows = bench_quality()
-    worst_recall = min(min(r["ours"]["recall"].values()) for r in rows)
-    worst_merged = max(r["ours"]["merged_share"] for r in rows)
-    worst_largest = max(r["ours"]["largest_share"] for r in rows)
+    worst_recall = float(min(min(r["ours"]["recall"].values()) for r in rows))  # Python numbers: saved as JSON
+    worst_merged = float(max(r["ours"]["merged_share"] for r in rows))
+    worst_largest = float(max(r["ours"]["largest_share"] for r in rows))
     print(f"\nworst over sources and sizes: recall {100 * worst_recall:.1f}% (target >= 97), merged items "
           f"{100 * worst_merged:.2f}% (target <= 0.2), largest cluster {100 * worst_largest:.2f}% (target < 0.5)")
     results = [{"name": "neardup worst family recall", "ours_s": worst_recall, "baseline_s": 0.97,

@@ -54,7 +54,7 @@ def test_blur_matching_helps_only_pairs_that_are_close_already(photos, monkeypat
     others = nearcopy.pair_distances(ta, sa, np.roll(tb, 1, axis=0), np.roll(sb, 1, axis=0))
     assert np.quantile(others, 0.05) > 0.01
     own = nearcopy.pair_distances(ta, sa, tb, sb)
-    monkeypatch.setattr(nearcopy, "BLUR_MATCH", [])
+    monkeypatch.setattr(nearcopy, "BLUR_GATE", -1.0)  # no pair is that close: no blur matching
     plain = nearcopy.pair_distances(ta, sa, tb, sb)
     assert (own <= plain + 1e-6).all() and (own < plain - 1e-4).any()
 

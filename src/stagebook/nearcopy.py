@@ -14,7 +14,7 @@ Every image is described by a grey 32-px thumbnail (uint8) and its size. Three s
   (both sides 80-100%), the smaller is placed on the larger's pixel scale (searched at 16 px first). Both thumbnails
   are lightly smoothed, and the overlap's outer 2 px (where a moved copy's filled edge blends in) are left out. The
   distance is 1 - Pearson correlation over the overlap, so brightness and contrast do not count; for pairs that come
-  close, it is also measured with the sharper image blurred to meet the other (`BLUR_MATCH`), so a blurred, resized
+  close, it is also measured with the sharper image blurred to meet the other (and both blurred: `BLUR_SIGMA`), so a blurred, resized
   or re-encoded copy of a textured image is not as far from its original as another image is, and with one image's
   grey levels mapped onto the other's (`tone_matched`), so a copy re-lit until it clips is not either;
 - clusters without chaining (`star_clusters`): every member is a verified copy of its cluster's representative.
@@ -53,17 +53,20 @@ BATCH = 4096               # pairs aligned at once
 GATE_FOR = 0.03            # the highest threshold `near_threshold: auto` may choose (calibration.THRESHOLD_RANGE)
 PAIR_CHUNK = 16384         # pairs whose thumbnails are gathered at once (16 MB each side)
 # Blur matching: a blurred, resized or re-encoded copy of a textured image is as far from its original as another
-# image is, unless the sharper of the two is blurred to meet it (Gaussian sigmas at 32 px: of a, of b). Measured on
-# 64-px photo tiles: the blur family's 97th-percentile distance went from 0.032 to 0.004. Pairs within BLUR_GATE only.
-BLUR_MATCH = [(1.0, 0), (0, 1.0), (1.0, 1.0)]
+# image is, unless the sharper of the two is blurred to meet it (Gaussian sigma at 32 px), or both are (noise on
+# either side). Measured on 64-px photo tiles: the blur family's 97th-percentile distance went from 0.032 to 0.004.
+# Pairs within BLUR_GATE only. The sharper is the one with more of its variance in detail (`_detail`): blurring each
+# in turn (three passes with both) found the same copies in 40% more time.
+BLUR_SIGMA = 1.0
 BLUR_GATE = 0.04
 QUARTER_GATE = 0.04        # pairs within this after the half-pixel search are aligned to a quarter pixel too
 BLURRED_QUARTER_GATE = 0.015  # the same, blur-matched (at 80k bench images: 6.4 s instead of 9.1 s, the same recall)
 # A copy re-lit past black or white is clipped there, so it is no longer a linear function of its original and a
 # correlation sees a difference: on 64-px digits the brightness family's 97th-percentile distance was 0.0023, as far
 # as distinct digits lie. Pairs within TONE_GATE are also compared with each image's grey levels mapped onto the
-# other's (`tone_matched`, monotone): that family's 97th percentile became 0.0000.
-TONE_GATE = 0.02
+# other's (`tone_matched`, monotone): that family's 97th percentile became 0.0000. One way only: the less clipped
+# image takes the greys of the more clipped one (the other way cannot undo a clip).
+TONE_GATE = 0.01
 
 
 def thumbnail(gray: Image.Image) -> np.ndarray:
@@ -646,7 +649,7 @@ def pair_distances(thumbs_a: np.ndarray, sizes_a: np.ndarray, thumbs_b: np.ndarr
                    gate: float = 1.0, hint: np.ndarray | None = None) -> np.ndarray:
     """Verified distance of each pair (row k of a with row k of b): the better of 'the same frame' (resized, moved,
     re-lit, noisy, blurred, re-encoded) and, where the sizes allow, 'the smaller is a crop of the larger', each also
-    with the sharper image blurred to meet the other (`BLUR_MATCH`, for pairs within `BLUR_GATE`) and with each
+    with the sharper image blurred to meet the other (and both blurred, for pairs within `BLUR_GATE`) and with each
     image's grey levels mapped onto the other's (`tone_matched`, for pairs within `TONE_GATE`). Pairs further
     apart than `gate` after the whole-pixel search keep that rough distance (they are no copies anyway).
     `hint`: per pair, the 32-px offset by which a looks like b moved (`best_offsets`)."""
@@ -667,19 +670,24 @@ def pair_distances(thumbs_a: np.ndarray, sizes_a: np.ndarray, thumbs_b: np.ndarr
         for start in range(0, len(near), BATCH):
             part = near[start:start + BATCH]
             a, b, size_a, size_b = thumbs_a[part], thumbs_b[part], sizes_a[part], sizes_b[part]
-            for sigma_a, sigma_b in BLUR_MATCH:
-                matched = _aligned_distance(_blurred(a, sigma_a), size_a, _blurred(b, sigma_b), size_b, gate,
+            blurred_a, blurred_b = _blurred(a, BLUR_SIGMA), _blurred(b, BLUR_SIGMA)
+            a_sharper = (_detail(a, blurred_a) >= _detail(b, blurred_b))[:, None, None]
+            for one, other in ((np.where(a_sharper, blurred_a, a), np.where(a_sharper, b, blurred_b)),
+                               (blurred_a, blurred_b)):
+                matched = _aligned_distance(one.astype(np.float32), size_a, other.astype(np.float32), size_b, gate,
                                             None if hint is None else hint[part], BLURRED_QUARTER_GATE)
                 out[part] = np.minimum(out[part], matched)
-        # Tone matching for the closest: each image's grey levels mapped onto the other's, in turn
+        # Tone matching for the closest: the less clipped image's grey levels mapped onto the more clipped one's
         near = order[out[order] <= min(gate, TONE_GATE)]
         for start in range(0, len(near), BATCH):
             part = near[start:start + BATCH]
             a, b, size_a, size_b = thumbs_a[part], thumbs_b[part], sizes_a[part], sizes_b[part]
-            part_hint = None if hint is None else hint[part]
-            for toned_a, toned_b in ((tone_matched(a, b), b), (a, tone_matched(b, a))):
-                matched = _aligned_distance(toned_a, size_a, toned_b, size_b, gate, part_hint, BLURRED_QUARTER_GATE)
-                out[part] = np.minimum(out[part], matched)
+            onto_b = (_clipped_share(a) <= _clipped_share(b))[:, None, None]
+            toned_a = np.where(onto_b, tone_matched(a, b), a).astype(np.float32)
+            toned_b = np.where(onto_b, b, tone_matched(b, a)).astype(np.float32)
+            matched = _aligned_distance(toned_a, size_a, toned_b, size_b, gate, None if hint is None else hint[part],
+                                        BLURRED_QUARTER_GATE)
+            out[part] = np.minimum(out[part], matched)
     return out
 
 
@@ -697,6 +705,20 @@ def _aligned_distance(a, size_a, b, size_b, gate: float, hint, quarter: float = 
         inner = _smoothed(np.where(swap[rows, None, None], a[rows], b[rows]))
         dist[rows] = np.minimum(dist[rows], _align_crop(frame, inner, ratio[rows], gate, quarter))
     return dist
+
+
+def _detail(thumbs: np.ndarray, blurred: np.ndarray) -> np.ndarray:
+    "Per thumbnail, the share of its variance that blurring (`blurred`: the same, blurred) takes away: how sharp it is."
+    flat = thumbs.reshape(len(thumbs), -1).astype(np.float32)
+    lost = ((flat - blurred.reshape(len(thumbs), -1)) ** 2).mean(axis=1)
+    return lost / np.maximum(flat.var(axis=1), 1e-6)
+
+
+def _clipped_share(thumbs: np.ndarray) -> np.ndarray:
+    "Per thumbnail, the share of its pixels at its own darkest or lightest grey: where re-lighting clipped it."
+    flat = thumbs.reshape(len(thumbs), -1)
+    low, high = flat.min(axis=1, keepdims=True), flat.max(axis=1, keepdims=True)
+    return ((flat <= low) | (flat >= high)).mean(axis=1)
 
 
 def tone_matched(a: np.ndarray, b: np.ndarray) -> np.ndarray:
