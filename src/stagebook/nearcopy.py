@@ -14,9 +14,10 @@ Every image is described by a grey 32-px thumbnail (uint8) and its size. Three s
   (both sides 80-100%), the smaller is placed on the larger's pixel scale (searched at 16 px first). Both thumbnails
   are lightly smoothed, and the overlap's outer 2 px (where a moved copy's filled edge blends in) are left out. The
   distance is 1 - Pearson correlation over the overlap, so brightness and contrast do not count; for pairs that come
-  close, it is also measured with the sharper image blurred to meet the other (and both blurred: `BLUR_SIGMA`), so a blurred, resized
-  or re-encoded copy of a textured image is not as far from its original as another image is, and with one image's
-  grey levels mapped onto the other's (`tone_matched`), so a copy re-lit until it clips is not either;
+  close, it is also measured with the sharper image blurred to meet the other, and both blurred (`BLUR_SIGMA`), so a
+  blurred, resized or re-encoded copy of a textured image is not as far from its original as another image is; and
+  with the less clipped image's grey levels mapped onto the other's (`tone_matched`), so a copy re-lit until it
+  clips is not either;
 - clusters without chaining (`star_clusters`): every member is a verified copy of its cluster's representative.
 """
 from __future__ import annotations
@@ -649,9 +650,9 @@ def pair_distances(thumbs_a: np.ndarray, sizes_a: np.ndarray, thumbs_b: np.ndarr
                    gate: float = 1.0, hint: np.ndarray | None = None) -> np.ndarray:
     """Verified distance of each pair (row k of a with row k of b): the better of 'the same frame' (resized, moved,
     re-lit, noisy, blurred, re-encoded) and, where the sizes allow, 'the smaller is a crop of the larger', each also
-    with the sharper image blurred to meet the other (and both blurred, for pairs within `BLUR_GATE`) and with each
-    image's grey levels mapped onto the other's (`tone_matched`, for pairs within `TONE_GATE`). Pairs further
-    apart than `gate` after the whole-pixel search keep that rough distance (they are no copies anyway).
+    with the sharper image blurred to meet the other and both blurred (for pairs within `BLUR_GATE`), and with the
+    less clipped image's grey levels mapped onto the other's (`tone_matched`, for pairs within `TONE_GATE`). Pairs
+    further apart than `gate` after the whole-pixel search keep that rough distance (they are no copies anyway).
     `hint`: per pair, the 32-px offset by which a looks like b moved (`best_offsets`)."""
     import torch
 
@@ -683,8 +684,8 @@ def pair_distances(thumbs_a: np.ndarray, sizes_a: np.ndarray, thumbs_b: np.ndarr
             part = near[start:start + BATCH]
             a, b, size_a, size_b = thumbs_a[part], thumbs_b[part], sizes_a[part], sizes_b[part]
             onto_b = (_clipped_share(a) <= _clipped_share(b))[:, None, None]
-            toned_a = np.where(onto_b, tone_matched(a, b), a).astype(np.float32)
-            toned_b = np.where(onto_b, b, tone_matched(b, a)).astype(np.float32)
+            toned = tone_matched(np.where(onto_b, a, b), np.where(onto_b, b, a))
+            toned_a, toned_b = np.where(onto_b, toned, a), np.where(onto_b, b, toned).astype(np.float32)
             matched = _aligned_distance(toned_a, size_a, toned_b, size_b, gate, None if hint is None else hint[part],
                                         BLURRED_QUARTER_GATE)
             out[part] = np.minimum(out[part], matched)
