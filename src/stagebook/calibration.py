@@ -77,11 +77,7 @@ def self_test(images: list[Image.Image], sources: np.ndarray, index: nearcopy.Ca
     copy_thumbs = np.stack(copies)
     copy_sizes = np.array([s for _, s in source])
     origin = np.array([r for r, _ in source])
-    found = index.search(copy_thumbs, neighbours + 1)
-    query, item = found[:, 0].astype(np.int64), found[:, 1].astype(np.int64)
-    dist = nearcopy.pair_distances(thumbs[item], sizes[item], copy_thumbs[query], copy_sizes[query],
-                                   gate=nearcopy.coarse_gate(THRESHOLD_RANGE[1]),
-                                   hint=nearcopy.best_offsets(index.points, copy_thumbs, item, query))  # as the audit does
+    query, item, dist = _matches(index, thumbs, sizes, copy_thumbs, copy_sizes, neighbours)
     own = item == origin[query]
     to_source = np.full(len(copies), np.inf)
     np.minimum.at(to_source, query[own], dist[own])
@@ -108,6 +104,17 @@ def self_test(images: list[Image.Image], sources: np.ndarray, index: nearcopy.Ca
                     false_merges=false_merges(threshold), sample=len(images), distances=to_source, families=family)
 
 
+def _matches(index: nearcopy.CandidateIndex, thumbs: np.ndarray, sizes: np.ndarray, query_thumbs: np.ndarray,
+             query_sizes: np.ndarray, neighbours: int):
+    """Each query's candidates in the index, verified as the audit verifies them: (query row, indexed row, distance)."""
+    found = index.search(query_thumbs, neighbours + 1)
+    query, item = found[:, 0].astype(np.int64), found[:, 1].astype(np.int64)
+    dist = nearcopy.pair_distances(thumbs[item], sizes[item], query_thumbs[query], query_sizes[query],
+                                   gate=nearcopy.coarse_gate(THRESHOLD_RANGE[1]),
+                                   hint=nearcopy.best_offsets(index.points, query_thumbs, item, query))
+    return query, item, dist
+
+
 def _through_a_third(index: nearcopy.CandidateIndex, thumbs: np.ndarray, sizes: np.ndarray, first: np.ndarray,
                      second: np.ndarray, neighbours: int) -> np.ndarray:
     """Per pair (first[k], second[k]) of indexed images, the smallest t at which both are within t of one third image
@@ -116,14 +123,10 @@ def _through_a_third(index: nearcopy.CandidateIndex, thumbs: np.ndarray, sizes: 
     rows = np.unique(np.r_[first, second])
     if not len(rows):
         return out
-    found = index.search(thumbs[rows], neighbours + 1)
-    query, item = rows[found[:, 0].astype(np.int64)], found[:, 1].astype(np.int64)
+    query, item, dist = _matches(index, thumbs, sizes, thumbs[rows], sizes[rows], neighbours)
+    query = rows[query]
     keep = query != item
-    query, item = query[keep], item[keep]
-    dist = nearcopy.pair_distances(thumbs[item], sizes[item], thumbs[query], sizes[query],
-                                   gate=nearcopy.coarse_gate(THRESHOLD_RANGE[1]),
-                                   hint=nearcopy.best_offsets(index.points, thumbs, item, query))
-    near = pd.DataFrame({"row": query, "third": item, "d": dist})
+    near = pd.DataFrame({"row": query[keep], "third": item[keep], "d": dist[keep]})
     pairs = pd.DataFrame({"k": np.arange(len(first)), "a": first, "b": second})
     both = pairs.merge(near.rename(columns={"row": "a", "d": "da"}), on="a").merge(
         near.rename(columns={"row": "b", "d": "db"}), on=["b", "third"])

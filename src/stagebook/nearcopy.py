@@ -675,7 +675,8 @@ def pair_distances(thumbs_a: np.ndarray, sizes_a: np.ndarray, thumbs_b: np.ndarr
             a_sharper = (_detail(a, blurred_a) >= _detail(b, blurred_b))[:, None, None]
             for one, other in ((np.where(a_sharper, blurred_a, a), np.where(a_sharper, b, blurred_b)),
                                (blurred_a, blurred_b)):
-                matched = _aligned_distance(one.astype(np.float32), size_a, other.astype(np.float32), size_b, gate,
+                matched = _aligned_distance(one.astype(np.float32, copy=False), size_a,
+                                            other.astype(np.float32, copy=False), size_b, gate,
                                             None if hint is None else hint[part], BLURRED_QUARTER_GATE)
                 out[part] = np.minimum(out[part], matched)
         # Tone matching for the closest: the less clipped image's grey levels mapped onto the more clipped one's
@@ -685,7 +686,8 @@ def pair_distances(thumbs_a: np.ndarray, sizes_a: np.ndarray, thumbs_b: np.ndarr
             a, b, size_a, size_b = thumbs_a[part], thumbs_b[part], sizes_a[part], sizes_b[part]
             onto_b = (_clipped_share(a) <= _clipped_share(b))[:, None, None]
             toned = tone_matched(np.where(onto_b, a, b), np.where(onto_b, b, a))
-            toned_a, toned_b = np.where(onto_b, toned, a), np.where(onto_b, b, toned).astype(np.float32)
+            toned_a = np.where(onto_b, toned, a).astype(np.float32, copy=False)
+            toned_b = np.where(onto_b, b, toned).astype(np.float32, copy=False)
             matched = _aligned_distance(toned_a, size_a, toned_b, size_b, gate, None if hint is None else hint[part],
                                         BLURRED_QUARTER_GATE)
             out[part] = np.minimum(out[part], matched)
